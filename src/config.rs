@@ -1,0 +1,244 @@
+//! Command-line flags and the validated server configuration.
+//!
+//! Every flag can also be set through an environment variable named
+//! `AURA_<FLAG>` (for example `AURA_LISTEN`). Flags are parsed once by clap
+//! and checked once by [`ServeArgs::validate`], whose errors name the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Aura: a self-hosted real-time community chat server.
+#[derive(Debug, Parser)]
+#[command(name = "aura", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of the `aura` binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the chat server.
+    Serve(ServeArgs),
+}
+
+/// Whether strangers may create accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    /// Anyone who reaches the server may register as a member.
+    Open,
+    /// Only the first admin, with the setup code, may register.
+    Closed,
+}
+
+/// Flags of `aura serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Directory that holds the sled database and the setup code. Created if missing.
+    #[arg(long, env = "AURA_DATA_DIR", default_value = "./aura-data")]
+    pub data_dir: PathBuf,
+
+    /// Address and port to listen on for HTTP and WebSocket clients.
+    #[arg(long, env = "AURA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Origin that browsers use to reach the server, such as https://chat.example.com.
+    /// When unset, a browser request must come from the host and port in its Host header.
+    #[arg(long, env = "AURA_PUBLIC_ORIGIN")]
+    pub public_origin: Option<String>,
+
+    /// Maximum message length in Unicode scalar values, after trimming.
+    #[arg(long, env = "AURA_MAX_MESSAGE_CHARS", default_value_t = 4000)]
+    pub max_message_chars: usize,
+
+    /// Maximum size in bytes of one WebSocket message, all fragments together,
+    /// and of one HTTP request body.
+    #[arg(long, env = "AURA_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+
+    /// Outbound queue per WebSocket connection, in frames. A connection whose
+    /// queue fills is closed with code 4008 and resumes from its last rev.
+    #[arg(long, env = "AURA_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// Interval in milliseconds at which clients send heartbeats. A connection
+    /// silent for 2.5 times this interval is closed with code 4009.
+    #[arg(long, env = "AURA_HEARTBEAT_MS", default_value_t = 4000)]
+    pub heartbeat_ms: u64,
+
+    /// Recent changes kept in memory per channel, in messages, so that
+    /// subscribers resume without reading the database.
+    #[arg(long, env = "AURA_HISTORY_CACHE", default_value_t = 512)]
+    pub history_cache: usize,
+
+    /// Capacity of sled's page cache, in MiB.
+    #[arg(long, env = "AURA_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+
+    /// Whether anyone may register (open) or only the first admin (closed).
+    #[arg(long, env = "AURA_REGISTRATION", value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
+
+    /// Lifetime of a login session, in days.
+    #[arg(long, env = "AURA_SESSION_DAYS", default_value_t = 30)]
+    pub session_days: u64,
+
+    /// Maximum time in milliseconds that shutdown waits for connections to
+    /// close and queued writes to reach disk.
+    #[arg(long, env = "AURA_DRAIN_MS", default_value_t = 10_000)]
+    pub drain_ms: u64,
+}
+
+/// Errors in flags, each naming the flag and the accepted range.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} is {value}, expected a value from {min} to {max}")]
+    OutOfRange {
+        flag: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("--public-origin {0:?} is invalid: expected scheme://host[:port] with http or https and no path")]
+    PublicOrigin(String),
+}
+
+/// The validated configuration that the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the sled database and the setup code file.
+    pub data_dir: PathBuf,
+    /// Origin browsers must send, lowercased, without a trailing slash; `None`
+    /// means the origin must match the request's Host header.
+    pub public_origin: Option<String>,
+    /// Whether the session cookie carries the Secure attribute (https origin).
+    pub secure_cookie: bool,
+    /// Maximum message length in Unicode scalar values.
+    pub max_message_chars: usize,
+    /// Maximum WebSocket message and HTTP body size, in bytes.
+    pub max_frame_bytes: usize,
+    /// Outbound queue capacity per connection, in frames.
+    pub send_queue: usize,
+    /// Client heartbeat interval.
+    pub heartbeat: Duration,
+    /// Changes cached in memory per channel.
+    pub history_cache: usize,
+    /// sled page cache capacity in bytes.
+    pub cache_bytes: u64,
+    /// Registration policy.
+    pub registration: Registration,
+    /// Lifetime of a login session.
+    pub session_ttl: Duration,
+    /// Deadline for the shutdown drain.
+    pub drain: Duration,
+}
+
+impl ServeArgs {
+    /// Returns the flags' defaults with the given data directory and port 0 on
+    /// loopback, as used by tests that run the server in-process.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut args = Cli::parse_from(["aura", "serve"]);
+        let Command::Serve(ref mut serve) = args.command;
+        serve.data_dir = data_dir.into();
+        serve.listen = "127.0.0.1:0".parse().expect("loopback address parses");
+        serve.clone()
+    }
+
+    /// Checks every flag and returns the configuration, or an error naming the flag.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        check_range("max-message-chars", self.max_message_chars as u64, 1, 100_000)?;
+        check_range("max-frame-bytes", self.max_frame_bytes as u64, 1024, 16 << 20)?;
+        check_range("send-queue", self.send_queue as u64, 16, 1_000_000)?;
+        check_range("heartbeat-ms", self.heartbeat_ms, 100, 600_000)?;
+        check_range("history-cache", self.history_cache as u64, 0, 1_000_000)?;
+        check_range("cache-mb", self.cache_mb, 1, 1 << 20)?;
+        check_range("session-days", self.session_days, 1, 3650)?;
+        check_range("drain-ms", self.drain_ms, 100, 600_000)?;
+
+        let public_origin = match &self.public_origin {
+            None => None,
+            Some(origin) => Some(normalize_origin(origin)?),
+        };
+        let secure_cookie = public_origin
+            .as_deref()
+            .is_some_and(|origin| origin.starts_with("https://"));
+
+        Ok(Config {
+            data_dir: self.data_dir.clone(),
+            public_origin,
+            secure_cookie,
+            max_message_chars: self.max_message_chars,
+            max_frame_bytes: self.max_frame_bytes,
+            send_queue: self.send_queue,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            history_cache: self.history_cache,
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            registration: self.registration,
+            session_ttl: Duration::from_secs(self.session_days * 24 * 3600),
+            drain: Duration::from_millis(self.drain_ms),
+        })
+    }
+}
+
+fn check_range(flag: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::OutOfRange {
+        flag,
+        value,
+        min,
+        max,
+    })
+}
+
+/// Lowercases an origin and strips one trailing slash, rejecting paths and
+/// schemes other than http and https.
+fn normalize_origin(origin: &str) -> Result<String, ConfigError> {
+    let lower = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => Ok(lower),
+        _ => Err(ConfigError::PublicOrigin(origin.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_accepts_defaults() {
+        let args = ServeArgs::for_tests("/tmp/x");
+        assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn validate_names_flag_out_of_range() {
+        let mut args = ServeArgs::for_tests("/tmp/x");
+        args.send_queue = 0;
+        let message = args.validate().unwrap_err().to_string();
+        assert!(message.starts_with("--send-queue is 0"), "{message}");
+    }
+
+    #[test]
+    fn public_origin_with_path_is_rejected() {
+        let mut args = ServeArgs::for_tests("/tmp/x");
+        args.public_origin = Some("https://chat.example.com/app".into());
+        assert!(args.validate().is_err());
+    }
+
+    #[test]
+    fn https_public_origin_sets_secure_cookie() {
+        let mut args = ServeArgs::for_tests("/tmp/x");
+        args.public_origin = Some("https://Chat.Example.com/".into());
+        let config = args.validate().unwrap();
+        assert_eq!(config.public_origin.as_deref(), Some("https://chat.example.com"));
+        assert!(config.secure_cookie);
+    }
+}

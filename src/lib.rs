@@ -1,0 +1,32 @@
+//! Aura: a self-hosted real-time community chat server.
+//!
+//! One binary serves the web client, a WebSocket protocol and an HTTP API
+//! with the same semantics, and keeps all state in an embedded sled
+//! database in one data directory.
+//!
+//! Module map (docs/architecture.md has the full picture):
+//! - [`config`]: command-line flags and their validation.
+//! - [`server`]: start-up, the accept loop and the shutdown sequence.
+//! - [`shutdown`]: the signal future and the shutdown broadcast.
+//! - [`http`]: HTTP routing, the API handlers and the WebSocket upgrade.
+//! - [`session`]: one WebSocket connection, its reader and writer.
+//! - [`hub`]: channels, subscriptions, fan-out and the message write path.
+//! - [`store`]: the sled trees, record encoding and the group-commit writer.
+//! - [`auth`]: accounts, passwords, sessions, the setup code, Origin checks.
+//! - [`ids`]: the id sequencer and the JSON form of ids.
+//! - [`protocol`]: the JSON frames shared by WebSocket and HTTP.
+//! - [`error`]: the error type returned to clients.
+//! - [`assets`]: the embedded web client.
+
+pub mod assets;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod ids;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod store;

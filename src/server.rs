@@ -1,0 +1,286 @@
+//! Start-up, the accept loop and the shutdown sequence.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::ids::{now_ms, Sequencer, COUNTER_BITS, LEASE_SPAN};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::store::writer::{self, Writer};
+use crate::store::{Category, Channel, Layout, PostPolicy, Store, NONCE_RETENTION_MS};
+
+/// Maximum time to receive a request's headers, so idle or slow clients do
+/// not hold a connection open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Interval between sweeps of expired sessions and idempotency records.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// State shared by every connection and request.
+pub struct App {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Arc<Store>,
+    /// Channels, subscriptions and the message write path.
+    pub hub: Arc<Hub>,
+    /// Accounts and sessions.
+    pub auth: Auth,
+    /// Random id of this server start, sent in `ready`; a client that sees
+    /// a new epoch reloads its recent history.
+    pub epoch: String,
+    /// Resolves when shutdown begins.
+    pub shutdown: Shutdown,
+    /// Next WebSocket connection id.
+    next_conn: AtomicU64,
+    /// Open HTTP connections and WebSockets, which shutdown waits for.
+    active: Arc<ActiveTasks>,
+}
+
+/// A count of tasks that shutdown drains.
+#[derive(Default)]
+struct ActiveTasks {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Decrements the active count when dropped.
+pub struct TaskGuard(Arc<ActiveTasks>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl App {
+    /// Issues the next connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a task as active until the guard drops.
+    pub fn track_task(&self) -> TaskGuard {
+        self.active.count.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(self.active.clone())
+    }
+
+    /// Waits until no task is active or `deadline` passes; returns how many remain.
+    async fn drain(&self, deadline: Duration) -> usize {
+        let _ = tokio::time::timeout(deadline, async {
+            loop {
+                let idle = self.active.idle.notified();
+                if self.active.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+        self.active.count.load(Ordering::Acquire)
+    }
+}
+
+/// An opened server, ready to run on a listener.
+pub struct Server {
+    app: Arc<App>,
+    writer: Writer,
+    trigger: ShutdownTrigger,
+}
+
+impl Server {
+    /// Opens the data directory: creates it and the default community when
+    /// new, renews the id lease and writes the setup code while no admin exists.
+    pub async fn open(config: Config) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("failed to create data directory {} (--data-dir)", config.data_dir.display())
+        })?;
+        let config = Arc::new(config);
+        let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?);
+
+        let sequencer = Arc::new(resume_sequencer(&store).await?);
+        let layout = match store.layout()? {
+            Some(layout) => layout,
+            None => {
+                let layout = default_layout(&sequencer);
+                store.put_layout(&layout).await?;
+                tracing::info!("created the default community");
+                layout
+            }
+        };
+        let auth = Auth::open(config.clone(), store.clone(), sequencer.clone())?;
+
+        let hub = Arc::new(Hub::new(config.clone(), store.clone(), sequencer.clone(), layout));
+        let (writer, handle) = writer::writer(store.clone(), sequencer, hub.clone());
+        hub.attach_writer(handle);
+
+        let (trigger, shutdown) = shutdown::channel();
+        let app = Arc::new(App {
+            config,
+            store,
+            hub,
+            auth,
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            shutdown,
+            next_conn: AtomicU64::new(1),
+            active: Arc::new(ActiveTasks::default()),
+        });
+        Ok(Server { app, writer, trigger })
+    }
+
+    /// Serves connections from `listener` until `stop` resolves, then shuts
+    /// down: stops accepting, closes every WebSocket with 1001, waits for
+    /// open connections up to `--drain-ms`, drains the write queue and flushes.
+    pub async fn run(self, listener: TcpListener, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server { app, writer, trigger } = self;
+        let (writer_stop, writer_stopped) = oneshot::channel();
+        let writer_task = tokio::spawn(writer.run(writer_stopped));
+        let sweeper = tokio::spawn(sweep_periodically(app.clone()));
+
+        let address = listener.local_addr()?;
+        let (messages, users) = app.store.counts();
+        tracing::info!(
+            addr = %address,
+            version = env!("CARGO_PKG_VERSION"),
+            data_dir = %app.config.data_dir.display(),
+            messages,
+            users,
+            "listening on {address}"
+        );
+
+        accept_loop(&app, &listener, stop).await;
+        drop(listener);
+
+        tracing::info!("shutting down: closing connections");
+        trigger.trigger();
+        let remaining = app.drain(app.config.drain).await;
+        if remaining > 0 {
+            tracing::warn!(remaining, "drain deadline passed with connections still open");
+        }
+        sweeper.abort();
+        let _ = writer_stop.send(());
+        writer_task.await.context("writer task panicked")?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Accepts connections until `stop` resolves.
+async fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: impl Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    let mut accept_errors: u64 = 0;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning, and log
+                    // only every hundredth repeat.
+                    if accept_errors % 100 == 0 {
+                        tracing::error!(%error, repeats = accept_errors, "accept failed");
+                    }
+                    accept_errors += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(app.clone(), stream, peer));
+    }
+}
+
+/// Serves HTTP on one TCP connection, ending it gracefully at shutdown.
+async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let guard = app.track_task();
+    let service = service_fn({
+        let app = app.clone();
+        move |request| crate::http::handle(app.clone(), peer, request)
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let mut shutdown = app.shutdown.clone();
+    tokio::select! {
+        result = connection.as_mut() => log_connection_end(result, peer),
+        _ = shutdown.wait() => {
+            connection.as_mut().graceful_shutdown();
+            log_connection_end(connection.await, peer);
+        }
+    }
+    drop(guard);
+}
+
+fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "http connection ended with an error");
+    }
+}
+
+/// Continues the id sequence after the stored lease and persists a new one.
+async fn resume_sequencer(store: &Store) -> anyhow::Result<Sequencer> {
+    let stored = store.lease()?;
+    let start = stored.max(now_ms() << COUNTER_BITS);
+    let sequencer = Sequencer::resume(start);
+    let lease = start + LEASE_SPAN;
+    store.persist_lease(lease).await?;
+    sequencer.lease_persisted(lease);
+    Ok(sequencer)
+}
+
+/// The community of a new data directory: one category with "general" and
+/// the admins-only "announcements".
+fn default_layout(sequencer: &Sequencer) -> Layout {
+    let channel = |name: &str, topic: &str, post| Channel {
+        id: sequencer.next(),
+        name: name.to_string(),
+        topic: topic.to_string(),
+        post,
+    };
+    Layout {
+        version: 1,
+        categories: vec![Category {
+            id: sequencer.next(),
+            name: "Community".to_string(),
+            channels: vec![
+                channel("general", "Talk about anything", PostPolicy::Everyone),
+                channel("announcements", "News from the admins", PostPolicy::Admins),
+            ],
+        }],
+    }
+}
+
+/// Removes expired sessions and idempotency records every [`SWEEP_INTERVAL`].
+async fn sweep_periodically(app: Arc<App>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        let now = now_ms();
+        match app.store.sweep_sessions(now) {
+            Ok(removed) => tracing::debug!(removed, "expired sessions swept"),
+            Err(error) => tracing::warn!(%error, "session sweep failed"),
+        }
+        match app.store.sweep_nonces(now.saturating_sub(NONCE_RETENTION_MS)) {
+            Ok(removed) => tracing::debug!(removed, "old idempotency records swept"),
+            Err(error) => tracing::warn!(%error, "idempotency sweep failed"),
+        }
+    }
+}

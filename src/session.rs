@@ -1,0 +1,419 @@
+//! One WebSocket connection: a reader task, a writer loop and the client
+//! operations.
+//!
+//! The socket is split once. The reader task owns the read half and is the
+//! only caller of `read_frame`, which never runs inside a `select!` because
+//! it is not cancellation-safe. The writer loop owns the write half and
+//! drains the connection's [`Outbox`]; nothing else writes to the socket.
+//! The reader passes control frames it must answer (pong, close echo) to
+//! the writer through a small channel.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::hub::{CloseSignal, Identity, Outbox, Reply};
+use crate::ids::{now_ms, Id};
+use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, LayoutView, UserView};
+use crate::server::App;
+
+/// Close code: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: protocol error, such as a stray continuation frame.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: a text message is not valid UTF-8.
+pub const CLOSE_INVALID_UTF8: u16 = 1007;
+/// Close code: the origin or authentication was refused.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: a message exceeds `--max-frame-bytes`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: no frame from the client for 2.5 heartbeat intervals.
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4009;
+/// Not sent on the wire: the peer is gone, so the socket ends without a close frame.
+const CLOSE_ABNORMAL: u16 = 1006;
+
+/// Maximum time one socket write may take before the connection counts as
+/// stalled and is closed with 4008.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server waits for the client's close frame after sending its own.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Capacity of the reader-to-writer control channel, in frames. The reader
+/// waits when it is full, which throttles a client that floods pings.
+const CONTROL_QUEUE: usize = 16;
+
+/// Frames the writer sends before it flushes the socket buffer.
+const FRAMES_PER_FLUSH: usize = 64;
+
+type SocketRead = WebSocketRead<ReadHalf<TokioIo<Upgraded>>>;
+type SocketWrite = WebSocketWrite<BufWriter<WriteHalf<TokioIo<Upgraded>>>>;
+
+/// A control frame the reader asks the writer to send.
+struct Control {
+    opcode: OpCode,
+    payload: Vec<u8>,
+}
+
+/// State shared by the reader and the writer of one connection.
+struct Connection {
+    app: Arc<App>,
+    user: Identity,
+    outbox: Outbox,
+    close: Arc<CloseSignal>,
+    /// Time of the last frame from the client, ms since the Unix epoch.
+    last_seen: AtomicU64,
+    /// Channels this connection is subscribed to, for clean-up at the end.
+    subscriptions: Mutex<HashSet<u64>>,
+}
+
+/// Runs a WebSocket connection until it closes. `refusal` closes it at once
+/// with 1008 and that reason, for a client that failed authentication.
+pub async fn run(
+    app: Arc<App>,
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    user: Result<Identity, &'static str>,
+    peer: SocketAddr,
+) {
+    let conn = app.next_conn_id();
+    let user_id = user.as_ref().map(|user| user.id).unwrap_or(0);
+    let span = tracing::info_span!("ws", %peer, conn, user = user_id);
+    async move {
+        let mut socket = match upgrade.await {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::warn!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        let user = match user {
+            Ok(user) => user,
+            Err(reason) => {
+                let _ = socket.write_frame(Frame::close(CLOSE_POLICY, reason.as_bytes())).await;
+                return;
+            }
+        };
+        tracing::info!("websocket connected");
+        serve(app, socket, user, conn).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded>>, user: Identity, conn: u64) {
+    // Frames go through a buffer that the writer flushes when its queue is empty.
+    let (read_half, write_half) = tokio::io::split(socket.into_inner());
+    let (mut reader, mut writer) =
+        fastwebsockets::after_handshake_split(read_half, BufWriter::new(write_half), fastwebsockets::Role::Server);
+    writer.set_writev(false);
+    // fastwebsockets rejects a single frame of this size or more; the whole
+    // message is checked against the limit while fragments are collected.
+    reader.set_max_message_size(app.config.max_frame_bytes + 1);
+    reader.set_auto_pong(true);
+    reader.set_auto_close(true);
+
+    let (outbox, frames, close) = Outbox::new(conn, app.config.send_queue);
+    let connection = Arc::new(Connection {
+        app: app.clone(),
+        user,
+        outbox,
+        close,
+        last_seen: AtomicU64::new(now_ms()),
+        subscriptions: Mutex::new(HashSet::new()),
+    });
+    connection.outbox.push(ready_frame(&connection));
+
+    let (control_sender, control_receiver) = mpsc::channel(CONTROL_QUEUE);
+    let mut read_task = tokio::spawn(read_loop(connection.clone(), reader, control_sender).in_current_span());
+    let code = write_loop(&connection, &mut writer, frames, control_receiver).await;
+
+    if tokio::time::timeout(CLOSE_GRACE, &mut read_task).await.is_err() {
+        read_task.abort();
+    }
+    for channel in connection.subscriptions.lock().drain() {
+        app.hub.unsubscribe(conn, channel);
+    }
+    tracing::info!(code, "websocket closed");
+}
+
+/// The first frame: epoch, user, heartbeat interval and layout.
+fn ready_frame(connection: &Connection) -> Bytes {
+    let app = &connection.app;
+    let layout = app.hub.layout();
+    encode_frame(&serde_json::json!({
+        "op": "ready",
+        "epoch": app.epoch,
+        "user": UserView {
+            id: Id(connection.user.id),
+            name: connection.user.name.clone(),
+            role: connection.user.role,
+        },
+        "heartbeat_ms": app.config.heartbeat.as_millis() as u64,
+        "layout": LayoutView::new(&layout),
+    }))
+}
+
+/// Writes queued frames until the connection closes, and returns the close code.
+async fn write_loop(
+    connection: &Connection,
+    writer: &mut SocketWrite,
+    mut frames: mpsc::Receiver<Bytes>,
+    mut control: mpsc::Receiver<Control>,
+) -> u16 {
+    let heartbeat_timeout = connection.app.config.heartbeat.mul_f64(2.5);
+    let mut check = tokio::time::interval(connection.app.config.heartbeat / 2);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = connection.app.shutdown.clone();
+
+    loop {
+        tokio::select! {
+            biased;
+            code = connection.close.requested() => return close_socket(writer, code).await,
+            _ = shutdown.wait() => return close_socket(writer, CLOSE_GOING_AWAY).await,
+            frame = control.recv() => {
+                let Some(frame) = frame else {
+                    // The reader ended without asking for a close: the peer is gone.
+                    return CLOSE_ABNORMAL;
+                };
+                let is_close = frame.opcode == OpCode::Close;
+                let sent = write_with_timeout(writer, Frame::new(true, frame.opcode, None, Payload::Owned(frame.payload))).await
+                    && flush_with_timeout(writer).await;
+                if is_close || !sent {
+                    return if is_close { 1000 } else { CLOSE_ABNORMAL };
+                }
+            }
+            frame = frames.recv() => {
+                let Some(frame) = frame else { return CLOSE_ABNORMAL };
+                if !write_queued(writer, frame, &mut frames).await {
+                    tracing::warn!("socket write stalled or failed; closing with 4008");
+                    connection.close.request(crate::hub::outbox::CLOSE_TOO_SLOW);
+                    return close_socket(writer, crate::hub::outbox::CLOSE_TOO_SLOW).await;
+                }
+            }
+            _ = check.tick() => {
+                let silent_ms = now_ms().saturating_sub(connection.last_seen.load(Ordering::Acquire));
+                if silent_ms > heartbeat_timeout.as_millis() as u64 {
+                    tracing::info!(silent_ms, "heartbeat timed out");
+                    return close_socket(writer, CLOSE_HEARTBEAT_TIMEOUT).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued, up to [`FRAMES_PER_FLUSH`],
+/// then flushes. Returns false when a write failed or stalled.
+async fn write_queued(writer: &mut SocketWrite, first: Bytes, frames: &mut mpsc::Receiver<Bytes>) -> bool {
+    if !write_with_timeout(writer, text_frame(&first)).await {
+        return false;
+    }
+    for _ in 1..FRAMES_PER_FLUSH {
+        let Ok(next) = frames.try_recv() else { break };
+        if !write_with_timeout(writer, text_frame(&next)).await {
+            return false;
+        }
+    }
+    flush_with_timeout(writer).await
+}
+
+fn text_frame(bytes: &Bytes) -> Frame<'_> {
+    Frame::text(Payload::Borrowed(bytes))
+}
+
+async fn write_with_timeout(writer: &mut SocketWrite, frame: Frame<'_>) -> bool {
+    matches!(tokio::time::timeout(WRITE_STALL_TIMEOUT, writer.write_frame(frame)).await, Ok(Ok(())))
+}
+
+async fn flush_with_timeout(writer: &mut SocketWrite) -> bool {
+    matches!(tokio::time::timeout(WRITE_STALL_TIMEOUT, writer.flush()).await, Ok(Ok(())))
+}
+
+/// Sends a close frame with `code`, unless the peer is already gone, and
+/// returns the code.
+async fn close_socket(writer: &mut SocketWrite, code: u16) -> u16 {
+    if code != CLOSE_ABNORMAL {
+        let reason = close_reason(code);
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            writer.write_frame(Frame::close(code, reason.as_bytes())).await?;
+            writer.flush().await
+        })
+        .await;
+    }
+    code
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        CLOSE_GOING_AWAY => "server shutting down",
+        CLOSE_PROTOCOL_ERROR => "protocol error",
+        CLOSE_INVALID_UTF8 => "text is not valid UTF-8",
+        CLOSE_TOO_BIG => "message too large",
+        crate::hub::outbox::CLOSE_TOO_SLOW => "too slow: resume with subscribe after your last rev",
+        CLOSE_HEARTBEAT_TIMEOUT => "heartbeat timeout",
+        _ => "",
+    }
+}
+
+/// A message being assembled from fragments.
+struct Partial {
+    opcode: OpCode,
+    bytes: Vec<u8>,
+}
+
+/// Reads frames until the client closes or breaks the protocol, and handles
+/// each complete message.
+async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control: mpsc::Sender<Control>) {
+    let mut send_control = |frame: Frame<'_>| {
+        let control = control.clone();
+        let owned = Control {
+            opcode: frame.opcode,
+            payload: frame.payload.to_vec(),
+        };
+        async move { control.send(owned).await.map_err(|_| std::io::Error::other("writer has stopped")) }
+    };
+    let max_bytes = connection.app.config.max_frame_bytes;
+    let mut partial: Option<Partial> = None;
+
+    loop {
+        let frame = match reader.read_frame(&mut send_control).await {
+            Ok(frame) => frame,
+            Err(error) => {
+                let code = close_code_for(&error);
+                tracing::debug!(%error, code, "read ended");
+                connection.close.request(code);
+                return;
+            }
+        };
+        connection.last_seen.store(now_ms(), Ordering::Release);
+
+        let complete = match frame.opcode {
+            OpCode::Close => return,
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary if frame.fin => {
+                if partial.is_some() {
+                    connection.close.request(CLOSE_PROTOCOL_ERROR);
+                    return;
+                }
+                Partial {
+                    opcode: frame.opcode,
+                    bytes: frame.payload.to_vec(),
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                if partial.is_some() {
+                    connection.close.request(CLOSE_PROTOCOL_ERROR);
+                    return;
+                }
+                partial = Some(Partial {
+                    opcode: frame.opcode,
+                    bytes: frame.payload.to_vec(),
+                });
+                continue;
+            }
+            OpCode::Continuation => {
+                let Some(mut building) = partial.take() else {
+                    connection.close.request(CLOSE_PROTOCOL_ERROR);
+                    return;
+                };
+                if building.bytes.len() + frame.payload.len() > max_bytes {
+                    connection.close.request(CLOSE_TOO_BIG);
+                    return;
+                }
+                building.bytes.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    partial = Some(building);
+                    continue;
+                }
+                building
+            }
+        };
+
+        if complete.opcode == OpCode::Binary {
+            connection.outbox.push(error_frame(&ApiError::bad_request("binary frames are not supported: send JSON text"), None));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&complete.bytes) else {
+            connection.close.request(CLOSE_INVALID_UTF8);
+            return;
+        };
+        handle_text(&connection, text);
+    }
+}
+
+fn close_code_for(error: &WebSocketError) -> u16 {
+    match error {
+        WebSocketError::InvalidUTF8 => CLOSE_INVALID_UTF8,
+        WebSocketError::FrameTooLarge => CLOSE_TOO_BIG,
+        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => CLOSE_ABNORMAL,
+        WebSocketError::SendError(_) => CLOSE_ABNORMAL,
+        _ => CLOSE_PROTOCOL_ERROR,
+    }
+}
+
+/// Handles one client operation; errors go back to the client as `error` frames.
+fn handle_text(connection: &Connection, text: &str) {
+    let op = match ClientOp::parse(text) {
+        Ok(op) => op,
+        Err((error, nonce)) => {
+            connection.outbox.push(error_frame(&error, nonce.as_deref()));
+            return;
+        }
+    };
+    tracing::debug!(op = ?std::mem::discriminant(&op), "client operation");
+    let hub = &connection.app.hub;
+    let user = &connection.user;
+    let outbox = &connection.outbox;
+
+    let (result, nonce) = match op {
+        ClientOp::Heartbeat => {
+            outbox.push(Bytes::from_static(br#"{"op":"heartbeat_ack"}"#));
+            (Ok(()), None)
+        }
+        ClientOp::Subscribe { channel, after, limit } => {
+            let result = hub.subscribe(user, outbox, channel.0, after.map(|rev| rev.0), page_limit(limit));
+            if result.is_ok() {
+                connection.subscriptions.lock().insert(channel.0);
+            }
+            (result, None)
+        }
+        ClientOp::Unsubscribe { channel } => {
+            hub.unsubscribe(outbox.conn, channel.0);
+            connection.subscriptions.lock().remove(&channel.0);
+            (Ok(()), None)
+        }
+        ClientOp::Send { channel, content, nonce } => {
+            let result = hub.send(user, channel.0, &content, &nonce, Reply::Socket(outbox.clone()));
+            (result.map(|_| ()), Some(nonce))
+        }
+        ClientOp::Edit { id, content } => (hub.edit(user, id.0, &content, Reply::Socket(outbox.clone())).map(|_| ()), None),
+        ClientOp::Delete { id } => (hub.delete(user, id.0, Reply::Socket(outbox.clone())).map(|_| ()), None),
+        ClientOp::History { channel, before, limit } => {
+            let result = hub
+                .history(user, channel.0, before.map(|id| id.0), page_limit(limit))
+                .map(|(messages, has_more)| {
+                    outbox.push(encode_frame(&serde_json::json!({
+                        "op": "history",
+                        "channel": channel,
+                        "messages": message_views(&messages),
+                        "has_more": has_more,
+                    })));
+                });
+            (result, None)
+        }
+    };
+    if let Err(error) = result {
+        outbox.push(protocol::error_frame(&error, nonce.as_deref()));
+    }
+}

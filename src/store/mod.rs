@@ -1,0 +1,369 @@
+//! Durable state in one sled database.
+//!
+//! Trees, each keyed for range scans with big-endian integers:
+//! - `messages`: (channel id, message id) to [`Message`], tombstones included.
+//! - `revs`: (channel id, rev) to the message id. Each message has one entry, at its
+//!   latest rev, so "everything that changed after rev X" is one range scan.
+//! - `channel_of`: message id to its channel id, for edits and deletes
+//!   that name only the message.
+//! - `nonces`: (user id, nonce) to [`NonceRecord`], kept at least
+//!   [`NONCE_RETENTION_MS`].
+//! - `users`: user id to [`User`]; `usernames`: lowercased name to user id.
+//! - `sessions`: SHA-256 of the token to [`Session`].
+//! - `meta`: the layout and the id lease.
+//!
+//! Message changes reach disk only through the group-commit [`writer`]. The
+//! rarer account and layout writes go straight to their trees and flush
+//! before they return.
+
+pub mod records;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use records::{decode, encode, nonce_key, pair_key, split_pair_key, RecordError};
+pub use records::{Category, Channel, Layout, Message, NonceRecord, PostPolicy, Role, Session, User};
+use sled::Tree;
+
+/// How long idempotency records are kept: 7 days, in milliseconds.
+pub const NONCE_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+
+const LAYOUT_KEY: &[u8] = b"layout";
+pub(crate) const LEASE_KEY: &[u8] = b"id_lease";
+
+/// Errors from the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {path} is in use by another Aura process: stop it or choose another --data-dir")]
+    Locked { path: String },
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is corrupt: {0}")]
+    Record(#[from] RecordError),
+    #[error("writes are failing: {0}")]
+    Unavailable(String),
+}
+
+/// The open database and its trees.
+#[derive(Debug)]
+pub struct Store {
+    db: sled::Db,
+    messages: Tree,
+    revs: Tree,
+    channel_of: Tree,
+    nonces: Tree,
+    users: Tree,
+    usernames: Tree,
+    sessions: Tree,
+    meta: Tree,
+    /// False after a write failed and until a later write succeeds; while
+    /// false, new message changes are refused with `unavailable`.
+    healthy: AtomicBool,
+}
+
+impl Store {
+    /// Opens or creates the database in `dir`, with a page cache of `cache_bytes`.
+    ///
+    /// sled's periodic background flush is turned off: the writer flushes each
+    /// batch itself before acknowledging it.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Io(ref io) if is_lock_conflict(io) => StoreError::Locked {
+                    path: dir.display().to_string(),
+                },
+                other => StoreError::Sled(other),
+            })?;
+        Ok(Store {
+            messages: db.open_tree("messages")?,
+            revs: db.open_tree("revs")?,
+            channel_of: db.open_tree("channel_of")?,
+            nonces: db.open_tree("nonces")?,
+            users: db.open_tree("users")?,
+            usernames: db.open_tree("usernames")?,
+            sessions: db.open_tree("sessions")?,
+            meta: db.open_tree("meta")?,
+            healthy: AtomicBool::new(true),
+            db,
+        })
+    }
+
+    /// Whether the last write succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Release);
+    }
+
+    /// Flushes everything written so far to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// The id lease of the previous run, or 0 for a new database.
+    pub fn lease(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(LEASE_KEY)?
+            .map(|bytes| decode::<u64>(&bytes))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Writes a new id lease and flushes it.
+    pub async fn persist_lease(&self, lease: u64) -> Result<(), StoreError> {
+        self.meta.insert(LEASE_KEY, encode(&lease))?;
+        self.flush().await
+    }
+
+    /// The stored layout, if the community was set up.
+    pub fn layout(&self) -> Result<Option<Layout>, StoreError> {
+        Ok(self.meta.get(LAYOUT_KEY)?.map(|bytes| decode(&bytes)).transpose()?)
+    }
+
+    /// Replaces the layout and flushes it.
+    pub async fn put_layout(&self, layout: &Layout) -> Result<(), StoreError> {
+        self.meta.insert(LAYOUT_KEY, encode(layout))?;
+        self.flush().await
+    }
+
+    /// One message by channel and id, tombstones included.
+    pub fn message(&self, channel: u64, id: u64) -> Result<Option<Message>, StoreError> {
+        Ok(self
+            .messages
+            .get(pair_key(channel, id))?
+            .map(|bytes| decode(&bytes))
+            .transpose()?)
+    }
+
+    /// The channel of a stored message.
+    pub fn message_channel(&self, id: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .channel_of
+            .get(id.to_be_bytes())?
+            .map(|bytes| decode(&bytes))
+            .transpose()?)
+    }
+
+    /// The highest rev stored for a channel, or 0 when it has no messages.
+    pub fn channel_max_rev(&self, channel: u64) -> Result<u64, StoreError> {
+        let last = self.revs.scan_prefix(channel.to_be_bytes()).next_back().transpose()?;
+        Ok(last
+            .and_then(|(key, _)| split_pair_key(&key))
+            .map_or(0, |(_, rev)| rev))
+    }
+
+    /// Changes of a channel with `after < rev <= upto`, oldest first, at most
+    /// `limit`, skipping messages for which `skip(id)` is true.
+    pub fn changes_forward(
+        &self,
+        channel: u64,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<Vec<Message>, StoreError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let range = self.revs.range(pair_key(channel, after + 1)..=pair_key(channel, upto));
+        self.collect_changes(channel, range, limit, skip)
+    }
+
+    /// Changes of a channel with `after < rev <= upto`, newest first, at most
+    /// `limit`, skipping messages for which `skip(id)` is true.
+    pub fn changes_backward(
+        &self,
+        channel: u64,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<Vec<Message>, StoreError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let range = self.revs.range(pair_key(channel, after + 1)..=pair_key(channel, upto));
+        self.collect_changes(channel, range.rev(), limit, skip)
+    }
+
+    /// Loads the messages that rev index entries point to. An entry whose
+    /// message has since moved to another rev is stale and skipped.
+    fn collect_changes(
+        &self,
+        channel: u64,
+        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        limit: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut found = Vec::new();
+        for entry in entries {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, id_bytes) = entry?;
+            let Some((_, rev)) = split_pair_key(&key) else { continue };
+            let id = decode::<u64>(&id_bytes)?;
+            if skip(id) {
+                continue;
+            }
+            match self.message(channel, id)? {
+                Some(message) if message.rev == rev => found.push(message),
+                _ => continue,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Messages of a channel with id below `before`, newest first, at most
+    /// `limit`, not deleted, skipping ids for which `skip(id)` is true.
+    pub fn messages_before(
+        &self,
+        channel: u64,
+        before: u64,
+        limit: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut found = Vec::new();
+        let range = self.messages.range(pair_key(channel, 0)..pair_key(channel, before));
+        for entry in range.rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, bytes) = entry?;
+            let Some((_, id)) = split_pair_key(&key) else { continue };
+            if skip(id) {
+                continue;
+            }
+            let message: Message = decode(&bytes)?;
+            if !message.deleted {
+                found.push(message);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The idempotency record of a user's nonce.
+    pub fn nonce(&self, user: u64, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
+        Ok(self
+            .nonces
+            .get(nonce_key(user, nonce))?
+            .map(|bytes| decode(&bytes))
+            .transpose()?)
+    }
+
+    /// Removes idempotency records created before `cutoff_ms` and returns how many.
+    pub fn sweep_nonces(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in self.nonces.iter() {
+            let (key, bytes) = entry?;
+            let record: NonceRecord = decode(&bytes)?;
+            if record.created_ms < cutoff_ms {
+                self.nonces.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A user by id.
+    pub fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
+        Ok(self
+            .users
+            .get(id.to_be_bytes())?
+            .map(|bytes| decode(&bytes))
+            .transpose()?)
+    }
+
+    /// A user by name, without regard to case.
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let Some(id) = self.usernames.get(name.to_ascii_lowercase())? else {
+            return Ok(None);
+        };
+        self.user(decode::<u64>(&id)?)
+    }
+
+    /// Every user, in id order.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.users
+            .iter()
+            .values()
+            .map(|bytes| Ok(decode(&bytes?)?))
+            .collect()
+    }
+
+    /// Inserts a new user and flushes. Returns false, writing nothing, when
+    /// the name is taken without regard to case.
+    pub async fn insert_user(&self, user: &User) -> Result<bool, StoreError> {
+        let name_key = user.name.to_ascii_lowercase();
+        let claimed = self
+            .usernames
+            .compare_and_swap(name_key.as_bytes(), None::<&[u8]>, Some(encode(&user.id)))?;
+        if claimed.is_err() {
+            return Ok(false);
+        }
+        self.users.insert(user.id.to_be_bytes(), encode(user))?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    /// A session by token hash.
+    pub fn session(&self, token_hash: &[u8]) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .sessions
+            .get(token_hash)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?)
+    }
+
+    /// Stores a session and flushes.
+    pub async fn put_session(&self, token_hash: &[u8], session: &Session) -> Result<(), StoreError> {
+        self.sessions.insert(token_hash, encode(session))?;
+        self.flush().await
+    }
+
+    /// Removes a session and flushes.
+    pub async fn remove_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
+        self.sessions.remove(token_hash)?;
+        self.flush().await
+    }
+
+    /// Removes sessions that expired before `now_ms` and returns how many.
+    pub fn sweep_sessions(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in self.sessions.iter() {
+            let (key, bytes) = entry?;
+            let session: Session = decode(&bytes)?;
+            if session.expires_ms <= now_ms {
+                self.sessions.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Counts of stored records, for the start-up log.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.messages.len(), self.users.len())
+    }
+}
+
+/// Whether an I/O error from opening sled means another process holds the lock.
+fn is_lock_conflict(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error.raw_os_error() == Some(11)
+        || error.to_string().contains("lock")
+}

@@ -1,0 +1,254 @@
+//! The group-commit writer: the only task that writes message changes.
+//!
+//! Requests queue in a bounded channel ([`WRITE_QUEUE`]). The writer takes
+//! everything queued so far (at most [`MAX_BATCH`]), applies it to the
+//! `messages`, `revs`, `nonces` and `meta` trees in one sled transaction,
+//! flushes, and only then completes each request. While one flush runs, new
+//! requests gather for the next batch, so the cost of a flush is shared by
+//! every message in it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
+
+use super::records::{encode, nonce_key, pair_key};
+use super::{Message, NonceRecord, Store, StoreError};
+use crate::ids::Sequencer;
+
+/// Capacity of the writer's queue, in requests. When it is full, new
+/// message changes are refused with `unavailable` and nothing is broadcast.
+pub const WRITE_QUEUE: usize = 65_536;
+
+/// Maximum requests committed in one batch.
+pub const MAX_BATCH: usize = 8_192;
+
+/// Longest wait between attempts to write again after a failure.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// One change to a message, as the hub already applied it in memory.
+#[derive(Debug)]
+pub struct Change {
+    /// The message after the change.
+    pub message: Arc<Message>,
+    /// The rev the message had before, whose index entry is removed.
+    pub replaced_rev: Option<u64>,
+    /// The idempotency record to keep, for a new message sent with a nonce.
+    pub nonce: Option<(u64, String, NonceRecord)>,
+}
+
+/// Runs once the request's batch is on disk, or failed.
+pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A queued write: a change, or `None` for a barrier that completes once
+/// everything queued before it is on disk.
+pub struct WriteRequest {
+    pub change: Option<Change>,
+    pub completion: Option<Completion>,
+}
+
+/// Told about each batch after it committed or failed.
+pub trait CommitListener: Send + Sync + 'static {
+    /// The changes are on disk.
+    fn committed(&self, changes: &[Arc<Message>]);
+    /// The changes could not be written and will not be.
+    fn failed(&self, changes: &[Arc<Message>]);
+}
+
+/// The sending side of the writer's queue.
+#[derive(Clone)]
+pub struct WriterHandle {
+    sender: mpsc::Sender<WriteRequest>,
+}
+
+/// Errors when queueing a write.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("write queue is full ({WRITE_QUEUE} requests)")]
+    Full,
+    #[error("writer has stopped")]
+    Stopped,
+}
+
+impl WriterHandle {
+    /// Queues a request without waiting.
+    pub fn try_queue(&self, request: WriteRequest) -> Result<(), QueueError> {
+        self.sender.try_send(request).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
+        })
+    }
+}
+
+/// The writer task's state.
+pub struct Writer {
+    store: Arc<Store>,
+    sequencer: Arc<Sequencer>,
+    receiver: mpsc::Receiver<WriteRequest>,
+    listener: Arc<dyn CommitListener>,
+}
+
+/// Creates the writer and the handle that queues to it.
+pub fn writer(
+    store: Arc<Store>,
+    sequencer: Arc<Sequencer>,
+    listener: Arc<dyn CommitListener>,
+) -> (Writer, WriterHandle) {
+    let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
+    let writer = Writer {
+        store,
+        sequencer,
+        receiver,
+        listener,
+    };
+    (writer, WriterHandle { sender })
+}
+
+impl Writer {
+    /// Commits batches until `stop` resolves, then drains the queue, commits
+    /// what was left and returns after the final flush.
+    pub async fn run(mut self, stop: oneshot::Receiver<()>) {
+        let mut stop = std::pin::pin!(stop);
+        let mut retry_delay = Duration::from_millis(250);
+        loop {
+            let first = if self.store.is_healthy() {
+                tokio::select! {
+                    request = self.receiver.recv() => request,
+                    _ = &mut stop => break,
+                }
+            } else {
+                // After a failure nothing new is queued, so probe the disk
+                // now and then until a write succeeds again.
+                tokio::select! {
+                    request = self.receiver.recv() => request,
+                    _ = tokio::time::sleep(retry_delay) => {
+                        retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                        self.probe().await;
+                        continue;
+                    }
+                    _ = &mut stop => break,
+                }
+            };
+            let Some(first) = first else { break };
+            self.commit_queued(first).await;
+            if self.store.is_healthy() {
+                retry_delay = Duration::from_millis(250);
+            }
+        }
+
+        self.receiver.close();
+        while let Some(first) = self.receiver.recv().await {
+            self.commit_queued(first).await;
+        }
+        if let Err(error) = self.store.flush().await {
+            tracing::error!(%error, "final flush failed");
+        }
+        tracing::info!("writer drained and flushed");
+    }
+
+    /// Commits `first` and everything queued behind it, up to [`MAX_BATCH`].
+    async fn commit_queued(&mut self, first: WriteRequest) {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.receiver.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+
+        let mut changes = Vec::new();
+        let mut completions = Vec::new();
+        for request in batch {
+            changes.extend(request.change);
+            completions.extend(request.completion);
+        }
+
+        let result = self.commit(&changes).await;
+        let messages: Vec<Arc<Message>> = changes.iter().map(|change| change.message.clone()).collect();
+        match &result {
+            Ok(()) => {
+                if !self.store.is_healthy() {
+                    tracing::info!("writes succeed again");
+                }
+                self.store.set_healthy(true);
+                self.listener.committed(&messages);
+            }
+            Err(error) => {
+                tracing::error!(%error, changes = changes.len(), "write batch failed; refusing writes until the disk recovers");
+                self.store.set_healthy(false);
+                self.listener.failed(&messages);
+            }
+        }
+        for completion in completions {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(StoreError::Unavailable(error.to_string())),
+            };
+            completion(outcome);
+        }
+    }
+
+    /// Applies the changes in one transaction, renewing the id lease when it
+    /// runs short, and flushes.
+    async fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut messages = sled::Batch::default();
+        let mut revs = sled::Batch::default();
+        let mut channel_of = sled::Batch::default();
+        let mut nonces = sled::Batch::default();
+        let mut meta = sled::Batch::default();
+        for change in changes {
+            let message = &change.message;
+            if let Some(old) = change.replaced_rev {
+                revs.remove(&pair_key(message.channel, old));
+            }
+            revs.insert(&pair_key(message.channel, message.rev), encode(&message.id));
+            messages.insert(&pair_key(message.channel, message.id), encode(message.as_ref()));
+            if change.replaced_rev.is_none() {
+                channel_of.insert(&message.id.to_be_bytes(), encode(&message.channel));
+            }
+            if let Some((user, nonce, record)) = &change.nonce {
+                nonces.insert(nonce_key(*user, nonce), encode(record));
+            }
+        }
+        let lease = self.sequencer.lease_to_renew();
+        if let Some(lease) = lease {
+            meta.insert(super::LEASE_KEY, encode(&lease));
+        }
+
+        let store = &self.store;
+        (&store.messages, &store.revs, &store.channel_of, &store.nonces, &store.meta)
+            .transaction(|(m, r, c, n, t)| {
+                m.apply_batch(&messages)?;
+                r.apply_batch(&revs)?;
+                c.apply_batch(&channel_of)?;
+                n.apply_batch(&nonces)?;
+                t.apply_batch(&meta)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                TransactionError::Storage(error) => StoreError::Sled(error),
+                TransactionError::Abort(()) => StoreError::Unavailable("transaction aborted".into()),
+            })?;
+        store.flush().await?;
+
+        if let Some(lease) = lease {
+            self.sequencer.lease_persisted(lease);
+        }
+        Ok(())
+    }
+
+    /// Writes and flushes the lease alone, to learn whether the disk works again.
+    async fn probe(&self) {
+        let lease = self.sequencer.last() + crate::ids::LEASE_SPAN;
+        match self.store.persist_lease(lease).await {
+            Ok(()) => {
+                self.sequencer.lease_persisted(lease);
+                self.store.set_healthy(true);
+                tracing::info!("writes succeed again");
+            }
+            Err(error) => tracing::warn!(%error, "disk still failing"),
+        }
+    }
+}
