@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Registration};
 use crate::error::{ApiError, ErrorCode};
-use crate::hub::Identity;
+use crate::accounts::{Accounts, Identity};
 use crate::ids::{now_ms, Sequencer};
 use crate::store::{Role, Session, Store, StoreError, User};
 
@@ -49,6 +49,7 @@ pub struct Auth {
     config: Arc<Config>,
     store: Arc<Store>,
     sequencer: Arc<Sequencer>,
+    accounts: Arc<Accounts>,
     /// The setup code while no admin exists; `None` once one does.
     setup_code: Mutex<Option<String>>,
     /// Whether any admin account exists.
@@ -58,8 +59,13 @@ pub struct Auth {
 impl Auth {
     /// Loads the account state. While no admin exists, writes a new one-time
     /// setup code to `<data-dir>/setup-code` with mode 0600 and logs its path.
-    pub fn open(config: Arc<Config>, store: Arc<Store>, sequencer: Arc<Sequencer>) -> anyhow::Result<Auth> {
-        let admin_exists = store.users()?.iter().any(|user| user.role == Role::Admin);
+    pub fn open(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        sequencer: Arc<Sequencer>,
+        accounts: Arc<Accounts>,
+    ) -> anyhow::Result<Auth> {
+        let admin_exists = accounts.admin_exists();
         let setup_code = if admin_exists {
             let _ = std::fs::remove_file(setup_code_path(&config));
             None
@@ -76,6 +82,7 @@ impl Auth {
             config,
             store,
             sequencer,
+            accounts,
             setup_code: Mutex::new(setup_code),
             admin_exists: AtomicBool::new(admin_exists),
         })
@@ -103,24 +110,15 @@ impl Auth {
         };
 
         let password_hash = hash_password(password.to_string()).await?;
-        let user = User {
-            id: self.sequencer.next(),
-            name: name.to_string(),
-            password_hash,
-            role: if becomes_admin { Role::Admin } else { Role::Member },
-            created_ms: now_ms(),
-        };
+        let role = if becomes_admin { Role::Admin } else { Role::Member };
 
-        // Spending the code and inserting happen under the lock so that two
-        // registrations with the code cannot both become admin.
+        // Spending the code and creating the account happen under the lock
+        // so that two registrations with the code cannot both become admin.
         let mut code = self.setup_code.lock().await;
         if becomes_admin && code.is_none() {
             return Err(ApiError::forbidden("setup code is invalid or already used"));
         }
-        let inserted = self.store.insert_user(&user).await.map_err(store_error)?;
-        if !inserted {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("username {name:?} is taken")));
-        }
+        let user = self.accounts.create(&self.sequencer, name, password_hash, role).await?;
         if becomes_admin {
             *code = None;
             self.admin_exists.store(true, Ordering::Release);
@@ -152,6 +150,9 @@ impl Auth {
         let Some(user) = user.filter(|_| valid) else {
             return Err(wrong());
         };
+        if self.accounts.get(user.id).is_none_or(|current| current.disabled) {
+            return Err(ApiError::forbidden("this account is disabled: ask an admin"));
+        }
 
         let token = random_hex(32);
         let now = now_ms();
@@ -180,12 +181,7 @@ impl Auth {
         if session.expires_ms <= now_ms() {
             return Ok(None);
         }
-        let user = self.store.user(session.user).map_err(store_error)?;
-        Ok(user.map(|user| Identity {
-            id: user.id,
-            name: user.name,
-            role: user.role,
-        }))
+        Ok(self.accounts.identity(session.user))
     }
 
     /// Whether a request that authenticates with the cookie comes from an
@@ -251,7 +247,7 @@ pub fn validate_username(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_password(password: &str) -> Result<(), ApiError> {
+pub fn validate_password(password: &str) -> Result<(), ApiError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ApiError::bad_request(format!(
             "password must have at least {MIN_PASSWORD_CHARS} characters"
@@ -265,7 +261,8 @@ fn validate_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn hash_password(password: String) -> Result<String, ApiError> {
+/// Hashes a password with argon2id on a blocking thread.
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()

@@ -23,6 +23,63 @@ pub struct Cli {
 pub enum Command {
     /// Run the chat server.
     Serve(ServeArgs),
+    /// Manage users, through the running server or directly on a stopped one.
+    User(UserArgs),
+}
+
+/// Flags of `aura user`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UserArgs {
+    /// Data directory of the server.
+    #[arg(long, env = "AURA_DATA_DIR", default_value = "./aura-data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Subscription tiers, as given to `aura serve`; used to check tier
+    /// names while the server is stopped.
+    #[arg(long, env = "AURA_TIERS", default_value = "free,pro,elite", value_delimiter = ',', global = true)]
+    pub tiers: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
+
+/// The user operations. Passwords are read from a prompt, or from the
+/// first line of standard input when it is not a terminal; never from an argument.
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// List every user with role, tier, mute and state.
+    List,
+    /// Create a user.
+    Add {
+        name: String,
+        /// member, moderator or admin.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Set a user's role: member, moderator or admin.
+    SetRole { name: String, role: String },
+    /// Set a user's tier, optionally ending after a number of days.
+    SetTier {
+        name: String,
+        tier: String,
+        /// Days until the tier ends and the user falls to the first tier; fractions allowed.
+        #[arg(long)]
+        days: Option<f64>,
+    },
+    /// Mute a user for a number of minutes; 0 ends a mute.
+    Mute {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
+    /// Disable a user, ending their sessions; --enable reverses it.
+    Disable {
+        name: String,
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Set a new password and end the user's sessions.
+    ResetPassword { name: String },
 }
 
 /// Whether strangers may create accounts.
@@ -86,6 +143,19 @@ pub struct ServeArgs {
     #[arg(long, env = "AURA_SESSION_DAYS", default_value_t = 30)]
     pub session_days: u64,
 
+    /// Subscription tiers from lowest to highest, comma-separated. Users
+    /// start in the first; channels name the lowest tier that may read them.
+    #[arg(long, env = "AURA_TIERS", default_value = "free,pro,elite", value_delimiter = ',')]
+    pub tiers: Vec<String>,
+
+    /// Messages a user may send in a burst before the rate limit applies.
+    #[arg(long, env = "AURA_SEND_BURST", default_value_t = 10)]
+    pub send_burst: u32,
+
+    /// Messages per second a user may send once the burst is spent.
+    #[arg(long, env = "AURA_SEND_PER_SECOND", default_value_t = 1.0)]
+    pub send_per_second: f64,
+
     /// Maximum time in milliseconds that shutdown waits for connections to
     /// close and queued writes to reach disk.
     #[arg(long, env = "AURA_DRAIN_MS", default_value_t = 10_000)]
@@ -102,6 +172,10 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
+    #[error("--tiers {0:?} is invalid: expected 1 to 32 distinct names of 1 to 32 letters, digits, '_' or '-'")]
+    Tiers(String),
+    #[error("--send-per-second is {0}, expected a number from 0.001 to 100000")]
+    SendRate(f64),
     #[error("--public-origin {0:?} is invalid: expected scheme://host[:port] with http or https and no path")]
     PublicOrigin(String),
 }
@@ -134,17 +208,36 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Deadline for the shutdown drain.
     pub drain: Duration,
+    /// Tier names from lowest to highest; never empty.
+    pub tiers: Vec<String>,
+    /// Send rate limit: burst size in messages.
+    pub send_burst: u32,
+    /// Send rate limit: refill rate in messages per second.
+    pub send_per_second: f64,
+}
+
+impl Config {
+    /// Rank of a tier name; an unknown name ranks as the first tier.
+    pub fn tier_rank(&self, tier: &str) -> usize {
+        self.tiers.iter().position(|name| name == tier).unwrap_or(0)
+    }
+
+    /// The first tier, which users fall to when their tier expires.
+    pub fn first_tier(&self) -> &str {
+        &self.tiers[0]
+    }
 }
 
 impl ServeArgs {
     /// Returns the flags' defaults with the given data directory and port 0 on
     /// loopback, as used by tests that run the server in-process.
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
-        let mut args = Cli::parse_from(["aura", "serve"]);
-        let Command::Serve(ref mut serve) = args.command;
+        let Command::Serve(mut serve) = Cli::parse_from(["aura", "serve"]).command else {
+            unreachable!("the arguments name the serve subcommand");
+        };
         serve.data_dir = data_dir.into();
         serve.listen = "127.0.0.1:0".parse().expect("loopback address parses");
-        serve.clone()
+        serve
     }
 
     /// Checks every flag and returns the configuration, or an error naming the flag.
@@ -157,6 +250,14 @@ impl ServeArgs {
         check_range("cache-mb", self.cache_mb, 1, 1 << 20)?;
         check_range("session-days", self.session_days, 1, 3650)?;
         check_range("drain-ms", self.drain_ms, 100, 600_000)?;
+        check_range("send-burst", self.send_burst as u64, 1, 1_000_000)?;
+        if !(0.001..=100_000.0).contains(&self.send_per_second) {
+            return Err(ConfigError::SendRate(self.send_per_second));
+        }
+        let tiers: Vec<String> = self.tiers.iter().map(|tier| tier.trim().to_string()).collect();
+        if !valid_tiers(&tiers) {
+            return Err(ConfigError::Tiers(self.tiers.join(",")));
+        }
 
         let public_origin = match &self.public_origin {
             None => None,
@@ -179,6 +280,9 @@ impl ServeArgs {
             registration: self.registration,
             session_ttl: Duration::from_secs(self.session_days * 24 * 3600),
             drain: Duration::from_millis(self.drain_ms),
+            tiers,
+            send_burst: self.send_burst,
+            send_per_second: self.send_per_second,
         })
     }
 }
@@ -193,6 +297,14 @@ fn check_range(flag: &'static str, value: u64, min: u64, max: u64) -> Result<(),
         min,
         max,
     })
+}
+
+fn valid_tiers(tiers: &[String]) -> bool {
+    let valid_name = |name: &String| {
+        (1..=32).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let distinct = tiers.iter().collect::<std::collections::HashSet<_>>().len() == tiers.len();
+    (1..=32).contains(&tiers.len()) && distinct && tiers.iter().all(valid_name)
 }
 
 /// Lowercases an origin and strips one trailing slash, rejecting paths and
@@ -231,6 +343,20 @@ mod tests {
         let mut args = ServeArgs::for_tests("/tmp/x");
         args.public_origin = Some("https://chat.example.com/app".into());
         assert!(args.validate().is_err());
+    }
+
+    #[test]
+    fn duplicate_tiers_are_rejected() {
+        let mut args = ServeArgs::for_tests("/tmp/x");
+        args.tiers = vec!["free".into(), "free".into()];
+        assert!(matches!(args.validate(), Err(ConfigError::Tiers(_))));
+    }
+
+    #[test]
+    fn unknown_tier_ranks_first() {
+        let config = ServeArgs::for_tests("/tmp/x").validate().unwrap();
+        assert_eq!(config.tier_rank("elite"), 2);
+        assert_eq!(config.tier_rank("platinum"), 0);
     }
 
     #[test]

@@ -39,6 +39,8 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// For `rate_limited`: milliseconds until a retry can succeed.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -46,7 +48,22 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// A `rate_limited` error that tells when to retry.
+    pub fn rate_limited(retry_after_ms: u64) -> Self {
+        Self {
+            code: ErrorCode::RateLimited,
+            message: format!("sending too fast: retry in {retry_after_ms} ms"),
+            retry_after_ms: Some(retry_after_ms),
+        }
+    }
+
+    /// The error for an operation that needs a higher role.
+    pub fn role_required(role: &str) -> Self {
+        Self::forbidden(format!("this operation requires the {role} role"))
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

@@ -12,19 +12,27 @@
 //! - [`session`]: one WebSocket connection, its reader and writer.
 //! - [`hub`]: channels, subscriptions, fan-out and the message write path.
 //! - [`store`]: the sled trees, record encoding and the group-commit writer.
+//! - [`accounts`]: the user directory, roles, tiers and user changes.
+//! - [`layout`]: structure changes: categories, channels, moves.
 //! - [`auth`]: accounts, passwords, sessions, the setup code, Origin checks.
 //! - [`ids`]: the id sequencer and the JSON form of ids.
 //! - [`protocol`]: the JSON frames shared by WebSocket and HTTP.
 //! - [`error`]: the error type returned to clients.
+//! - [`admin`]: the admin socket and the user operations it serves.
+//! - [`cli`]: the `aura user` command.
 //! - [`assets`]: the embedded web client.
 
+pub mod accounts;
+pub mod admin;
 pub mod assets;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
 pub mod ids;
+pub mod layout;
 pub mod protocol;
 pub mod server;
 pub mod session;

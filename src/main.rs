@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::User(args) => runtime.block_on(aura::cli::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::Id;
-use crate::store::{Layout, Message, PostPolicy, Role};
+use crate::store::{Channel, Layout, Message, PostPolicy, Role, User};
 
 /// Default page size of subscribe, history and polling.
 pub const DEFAULT_PAGE: usize = 50;
@@ -56,6 +56,19 @@ pub enum ClientOp {
 }
 
 impl ClientOp {
+    /// The operation's name, as in the `op` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Subscribe { .. } => "subscribe",
+            ClientOp::Unsubscribe { .. } => "unsubscribe",
+            ClientOp::Send { .. } => "send",
+            ClientOp::Edit { .. } => "edit",
+            ClientOp::Delete { .. } => "delete",
+            ClientOp::History { .. } => "history",
+            ClientOp::Heartbeat => "heartbeat",
+        }
+    }
+
     /// Parses a text frame. The error carries the frame's nonce, when it has
     /// one, so that the client can match the error to its send.
     pub fn parse(text: &str) -> Result<ClientOp, (ApiError, Option<String>)> {
@@ -88,12 +101,33 @@ pub fn validate_nonce(nonce: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The public view of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A user as clients see it: their own account in `ready`, `user` frames
+/// and /api/me, and every account in the admin list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserView {
     pub id: Id,
     pub name: String,
     pub role: Role,
+    pub tier: String,
+    /// When the tier ends, ms since the Unix epoch.
+    pub tier_expires_at: Option<u64>,
+    /// Until when the user may not send, ms since the Unix epoch.
+    pub muted_until: Option<u64>,
+    pub disabled: bool,
+}
+
+impl UserView {
+    pub fn of(user: &User) -> Self {
+        UserView {
+            id: Id(user.id),
+            name: user.name.clone(),
+            role: user.role,
+            tier: user.tier.clone(),
+            tier_expires_at: user.tier_expires_ms,
+            muted_until: user.muted_until_ms,
+            disabled: user.disabled,
+        }
+    }
 }
 
 /// A message as clients see it: the full object, or for a deleted message
@@ -156,6 +190,11 @@ struct ChannelView<'a> {
     name: &'a str,
     topic: &'a str,
     post: PostPolicy,
+    min_tier: &'a str,
+    hidden: bool,
+    /// True when the user may not read the channel: it is shown so that the
+    /// client can say which tier unlocks it.
+    locked: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,7 +204,7 @@ struct CategoryView<'a> {
     channels: Vec<ChannelView<'a>>,
 }
 
-/// The layout as clients see it.
+/// The layout as one user sees it.
 #[derive(Debug, Serialize)]
 pub struct LayoutView<'a> {
     version: u64,
@@ -173,23 +212,37 @@ pub struct LayoutView<'a> {
 }
 
 impl<'a> LayoutView<'a> {
-    pub fn new(layout: &'a Layout) -> Self {
+    /// The view of a user for whom `can_read` tells which channels are
+    /// readable. Unreadable channels are locked, or left out when hidden. A
+    /// category whose channels are all left out is left out too, unless
+    /// `sees_all` (admins see everything).
+    pub fn new(layout: &'a Layout, sees_all: bool, can_read: impl Fn(&Channel) -> bool) -> Self {
         let categories = layout
             .categories
             .iter()
-            .map(|category| CategoryView {
-                id: Id(category.id),
-                name: &category.name,
-                channels: category
+            .filter_map(|category| {
+                let channels: Vec<ChannelView> = category
                     .channels
                     .iter()
-                    .map(|channel| ChannelView {
-                        id: Id(channel.id),
-                        name: &channel.name,
-                        topic: &channel.topic,
-                        post: channel.post,
+                    .filter_map(|channel| {
+                        let readable = can_read(channel);
+                        (readable || !channel.hidden).then_some(ChannelView {
+                            id: Id(channel.id),
+                            name: &channel.name,
+                            topic: &channel.topic,
+                            post: channel.post,
+                            min_tier: &channel.min_tier,
+                            hidden: channel.hidden,
+                            locked: !readable,
+                        })
                     })
-                    .collect(),
+                    .collect();
+                let keep = sees_all || !channels.is_empty() || category.channels.is_empty();
+                keep.then_some(CategoryView {
+                    id: Id(category.id),
+                    name: &category.name,
+                    channels,
+                })
             })
             .collect();
         LayoutView {
@@ -236,12 +289,15 @@ pub fn error_frame(error: &ApiError, nonce: Option<&str>) -> bytes::Bytes {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         nonce: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     }
     encode_frame(&Frame {
         op: "error",
         code: error.code,
         message: &error.message,
         nonce,
+        retry_after_ms: error.retry_after_ms,
     })
 }
 

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 
+use crate::accounts::Accounts;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -36,6 +37,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// Channels, subscriptions and the message write path.
     pub hub: Arc<Hub>,
+    /// Every account, with roles and tiers.
+    pub accounts: Arc<Accounts>,
     /// Accounts and sessions.
     pub auth: Auth,
     /// Random id of this server start, sent in `ready`; a client that sees
@@ -100,6 +103,8 @@ pub struct Server {
     app: Arc<App>,
     writer: Writer,
     trigger: ShutdownTrigger,
+    sequencer: Arc<Sequencer>,
+    admin_socket: tokio::net::UnixListener,
 }
 
 impl Server {
@@ -116,16 +121,23 @@ impl Server {
         let layout = match store.layout()? {
             Some(layout) => layout,
             None => {
-                let layout = default_layout(&sequencer);
+                let layout = default_layout(&config, &sequencer);
                 store.put_layout(&layout).await?;
                 tracing::info!("created the default community");
                 layout
             }
         };
-        let auth = Auth::open(config.clone(), store.clone(), sequencer.clone())?;
+        let accounts = Arc::new(Accounts::load(config.clone(), store.clone())?);
+        let auth = Auth::open(config.clone(), store.clone(), sequencer.clone(), accounts.clone())?;
 
-        let hub = Arc::new(Hub::new(config.clone(), store.clone(), sequencer.clone(), layout));
-        let (writer, handle) = writer::writer(store.clone(), sequencer, hub.clone());
+        let hub = Arc::new(Hub::new(
+            config.clone(),
+            store.clone(),
+            sequencer.clone(),
+            accounts.clone(),
+            layout,
+        ));
+        let (writer, handle) = writer::writer(store.clone(), sequencer.clone(), hub.clone());
         hub.attach_writer(handle);
 
         let (trigger, shutdown) = shutdown::channel();
@@ -133,23 +145,41 @@ impl Server {
             config,
             store,
             hub,
+            accounts,
             auth,
             epoch: format!("{:016x}", rand::random::<u64>()),
             shutdown,
             next_conn: AtomicU64::new(1),
             active: Arc::new(ActiveTasks::default()),
         });
-        Ok(Server { app, writer, trigger })
+        let admin_socket = crate::admin::bind(&app.config.data_dir).with_context(|| {
+            format!("failed to create the admin socket in {}", app.config.data_dir.display())
+        })?;
+        Ok(Server {
+            app,
+            writer,
+            trigger,
+            sequencer,
+            admin_socket,
+        })
     }
 
     /// Serves connections from `listener` until `stop` resolves, then shuts
     /// down: stops accepting, closes every WebSocket with 1001, waits for
     /// open connections up to `--drain-ms`, drains the write queue and flushes.
     pub async fn run(self, listener: TcpListener, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Server { app, writer, trigger } = self;
+        let Server {
+            app,
+            writer,
+            trigger,
+            sequencer,
+            admin_socket,
+        } = self;
+        let admin = tokio::spawn(crate::admin::serve(app.clone(), admin_socket, sequencer));
         let (writer_stop, writer_stopped) = oneshot::channel();
         let writer_task = tokio::spawn(writer.run(writer_stopped));
         let sweeper = tokio::spawn(sweep_periodically(app.clone()));
+        let expirer = tokio::spawn(expire_tiers(app.clone()));
 
         let address = listener.local_addr()?;
         let (messages, users) = app.store.counts();
@@ -172,6 +202,8 @@ impl Server {
             tracing::warn!(remaining, "drain deadline passed with connections still open");
         }
         sweeper.abort();
+        expirer.abort();
+        let _ = admin.await;
         let _ = writer_stop.send(());
         writer_task.await.context("writer task panicked")?;
         tracing::info!("shutdown complete");
@@ -236,7 +268,7 @@ fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
 }
 
 /// Continues the id sequence after the stored lease and persists a new one.
-async fn resume_sequencer(store: &Store) -> anyhow::Result<Sequencer> {
+pub(crate) async fn resume_sequencer(store: &Store) -> anyhow::Result<Sequencer> {
     let stored = store.lease()?;
     let start = stored.max(now_ms() << COUNTER_BITS);
     let sequencer = Sequencer::resume(start);
@@ -248,12 +280,14 @@ async fn resume_sequencer(store: &Store) -> anyhow::Result<Sequencer> {
 
 /// The community of a new data directory: one category with "general" and
 /// the admins-only "announcements".
-fn default_layout(sequencer: &Sequencer) -> Layout {
+fn default_layout(config: &Config, sequencer: &Sequencer) -> Layout {
     let channel = |name: &str, topic: &str, post| Channel {
         id: sequencer.next(),
         name: name.to_string(),
         topic: topic.to_string(),
         post,
+        min_tier: config.first_tier().to_string(),
+        hidden: false,
     };
     Layout {
         version: 1,
@@ -281,6 +315,26 @@ async fn sweep_periodically(app: Arc<App>) {
         match app.store.sweep_nonces(now.saturating_sub(NONCE_RETENTION_MS)) {
             Ok(removed) => tracing::debug!(removed, "old idempotency records swept"),
             Err(error) => tracing::warn!(%error, "idempotency sweep failed"),
+        }
+    }
+}
+
+/// Moves users to the first tier the moment their tier expires, and ends
+/// their access at once. Sleeps until the next expiry, or until an admin
+/// sets a new one.
+async fn expire_tiers(app: Arc<App>) {
+    loop {
+        let (expired, next) = app.accounts.expire_tiers(now_ms()).await;
+        for user in expired {
+            app.hub.user_changed(&user);
+        }
+        let changed = app.accounts.expiry_changed.notified();
+        match next {
+            Some(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                let _ = tokio::time::timeout(wait, changed).await;
+            }
+            None => changed.await,
         }
     }
 }

@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::hub::{CloseSignal, Identity, Outbox, Reply};
-use crate::ids::{now_ms, Id};
-use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, LayoutView, UserView};
+use crate::hub::{CloseSignal, ConnHandle, Identity, Outbox, Reply, CLOSE_ACCOUNT_ENDED};
+use crate::ids::now_ms;
+use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, UserView};
 use crate::server::App;
 
 /// Close code: the server is shutting down.
@@ -70,13 +70,14 @@ struct Control {
 /// State shared by the reader and the writer of one connection.
 struct Connection {
     app: Arc<App>,
+    /// The user as of the connect; each operation reads the current state
+    /// of the account from the directory.
     user: Identity,
-    outbox: Outbox,
+    /// The outbox and subscriptions, as registered with the hub.
+    handle: ConnHandle,
     close: Arc<CloseSignal>,
     /// Time of the last frame from the client, ms since the Unix epoch.
     last_seen: AtomicU64,
-    /// Channels this connection is subscribed to, for clean-up at the end.
-    subscriptions: Mutex<HashSet<u64>>,
 }
 
 /// Runs a WebSocket connection until it closes. `refusal` closes it at once
@@ -125,15 +126,19 @@ async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded
     reader.set_auto_close(true);
 
     let (outbox, frames, close) = Outbox::new(conn, app.config.send_queue);
+    let handle = ConnHandle {
+        outbox,
+        subscriptions: Arc::new(Mutex::new(HashSet::new())),
+    };
     let connection = Arc::new(Connection {
         app: app.clone(),
         user,
-        outbox,
+        handle: handle.clone(),
         close,
         last_seen: AtomicU64::new(now_ms()),
-        subscriptions: Mutex::new(HashSet::new()),
     });
-    connection.outbox.push(ready_frame(&connection));
+    connection.handle.outbox.push(ready_frame(&connection));
+    app.hub.register_connection(connection.user.id, handle);
 
     let (control_sender, control_receiver) = mpsc::channel(CONTROL_QUEUE);
     let mut read_task = tokio::spawn(read_loop(connection.clone(), reader, control_sender).in_current_span());
@@ -142,26 +147,20 @@ async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded
     if tokio::time::timeout(CLOSE_GRACE, &mut read_task).await.is_err() {
         read_task.abort();
     }
-    for channel in connection.subscriptions.lock().drain() {
-        app.hub.unsubscribe(conn, channel);
-    }
+    app.hub.unregister_connection(connection.user.id, conn);
     tracing::info!(code, "websocket closed");
 }
 
 /// The first frame: epoch, user, heartbeat interval and layout.
 fn ready_frame(connection: &Connection) -> Bytes {
     let app = &connection.app;
-    let layout = app.hub.layout();
+    let user = app.accounts.get(connection.user.id).map(|user| UserView::of(&user));
     encode_frame(&serde_json::json!({
         "op": "ready",
         "epoch": app.epoch,
-        "user": UserView {
-            id: Id(connection.user.id),
-            name: connection.user.name.clone(),
-            role: connection.user.role,
-        },
+        "user": user,
         "heartbeat_ms": app.config.heartbeat.as_millis() as u64,
-        "layout": LayoutView::new(&layout),
+        "layout": app.hub.layout_for(&connection.user),
     }))
 }
 
@@ -261,6 +260,7 @@ fn close_reason(code: u16) -> &'static str {
         CLOSE_INVALID_UTF8 => "text is not valid UTF-8",
         CLOSE_TOO_BIG => "message too large",
         crate::hub::outbox::CLOSE_TOO_SLOW => "too slow: resume with subscribe after your last rev",
+        CLOSE_ACCOUNT_ENDED => "account disabled or deleted",
         CLOSE_HEARTBEAT_TIMEOUT => "heartbeat timeout",
         _ => "",
     }
@@ -341,7 +341,7 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control:
         };
 
         if complete.opcode == OpCode::Binary {
-            connection.outbox.push(error_frame(&ApiError::bad_request("binary frames are not supported: send JSON text"), None));
+            connection.handle.outbox.push(error_frame(&ApiError::bad_request("binary frames are not supported: send JSON text"), None));
             continue;
         }
         let Ok(text) = std::str::from_utf8(&complete.bytes) else {
@@ -364,17 +364,20 @@ fn close_code_for(error: &WebSocketError) -> u16 {
 
 /// Handles one client operation; errors go back to the client as `error` frames.
 fn handle_text(connection: &Connection, text: &str) {
+    let outbox = &connection.handle.outbox;
     let op = match ClientOp::parse(text) {
         Ok(op) => op,
         Err((error, nonce)) => {
-            connection.outbox.push(error_frame(&error, nonce.as_deref()));
+            outbox.push(error_frame(&error, nonce.as_deref()));
             return;
         }
     };
-    tracing::debug!(op = ?std::mem::discriminant(&op), "client operation");
+    tracing::debug!(op = op.name(), "client operation");
+    let Some(user) = connection.app.accounts.identity(connection.user.id) else {
+        connection.close.request(CLOSE_ACCOUNT_ENDED);
+        return;
+    };
     let hub = &connection.app.hub;
-    let user = &connection.user;
-    let outbox = &connection.outbox;
 
     let (result, nonce) = match op {
         ClientOp::Heartbeat => {
@@ -382,26 +385,22 @@ fn handle_text(connection: &Connection, text: &str) {
             (Ok(()), None)
         }
         ClientOp::Subscribe { channel, after, limit } => {
-            let result = hub.subscribe(user, outbox, channel.0, after.map(|rev| rev.0), page_limit(limit));
-            if result.is_ok() {
-                connection.subscriptions.lock().insert(channel.0);
-            }
-            (result, None)
+            let after = after.map(|rev| rev.0);
+            (hub.subscribe(&user, &connection.handle, channel.0, after, page_limit(limit)), None)
         }
         ClientOp::Unsubscribe { channel } => {
-            hub.unsubscribe(outbox.conn, channel.0);
-            connection.subscriptions.lock().remove(&channel.0);
+            hub.unsubscribe(&connection.handle, channel.0);
             (Ok(()), None)
         }
         ClientOp::Send { channel, content, nonce } => {
-            let result = hub.send(user, channel.0, &content, &nonce, Reply::Socket(outbox.clone()));
+            let result = hub.send(&user, channel.0, &content, &nonce, Reply::Socket(outbox.clone()));
             (result.map(|_| ()), Some(nonce))
         }
-        ClientOp::Edit { id, content } => (hub.edit(user, id.0, &content, Reply::Socket(outbox.clone())).map(|_| ()), None),
-        ClientOp::Delete { id } => (hub.delete(user, id.0, Reply::Socket(outbox.clone())).map(|_| ()), None),
+        ClientOp::Edit { id, content } => (hub.edit(&user, id.0, &content, Reply::Socket(outbox.clone())).map(|_| ()), None),
+        ClientOp::Delete { id } => (hub.delete(&user, id.0, Reply::Socket(outbox.clone())).map(|_| ()), None),
         ClientOp::History { channel, before, limit } => {
             let result = hub
-                .history(user, channel.0, before.map(|id| id.0), page_limit(limit))
+                .history(&user, channel.0, before.map(|id| id.0), page_limit(limit))
                 .map(|(messages, has_more)| {
                     outbox.push(encode_frame(&serde_json::json!({
                         "op": "history",

@@ -31,6 +31,9 @@ pub struct ChannelState {
     capacity: usize,
     /// Connections subscribed to live events.
     pub subscribers: HashMap<ConnId, Outbox>,
+    /// Set when the channel was removed from the layout; no change or
+    /// subscription is accepted after that.
+    pub deleted: bool,
 }
 
 impl ChannelState {
@@ -44,6 +47,7 @@ impl ChannelState {
             durable: stored_rev,
             capacity,
             subscribers: HashMap::new(),
+            deleted: false,
         }
     }
 

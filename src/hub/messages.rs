@@ -46,6 +46,7 @@ impl Hub {
         let hub = self.readable_channel(user, channel)?;
         self.check_may_post(user, channel)?;
         self.check_healthy()?;
+        self.take_send_token(user.id)?;
 
         // The shard stays locked until the send is queued, so two sends of
         // one nonce cannot both create a message.
@@ -56,6 +57,9 @@ impl Hub {
         }
 
         let mut state = hub.state.lock();
+        if state.deleted {
+            return Err(ApiError::channel_not_found());
+        }
         let id = self.sequencer.next();
         let message = Arc::new(Message {
             id,
@@ -102,11 +106,11 @@ impl Hub {
         })
     }
 
-    /// Deletes a message, keeping a tombstone. Its author or an admin may.
+    /// Deletes a message, keeping a tombstone. Its author, a moderator or an admin may.
     pub fn delete(&self, user: &Identity, id: u64, reply: Reply) -> Result<Arc<Message>, ApiError> {
         self.change_message(user, id, reply, |current| {
-            if current.author_id != user.id && user.role != Role::Admin {
-                return Err(ApiError::forbidden("only the author or an admin may delete a message"));
+            if current.author_id != user.id && user.role < Role::Moderator {
+                return Err(ApiError::forbidden("only the author, a moderator or an admin may delete a message"));
             }
             Ok(Message {
                 content: String::new(),
@@ -131,6 +135,9 @@ impl Hub {
         self.check_healthy()?;
 
         let mut state = hub.state.lock();
+        if state.deleted {
+            return Err(not_found());
+        }
         let current = state
             .message(&self.store, id)
             .map_err(storage_error)?
@@ -241,6 +248,9 @@ impl Hub {
         };
         if channel.post == PostPolicy::Admins && user.role != Role::Admin {
             return Err(ApiError::forbidden("only admins may post in this channel"));
+        }
+        if user.is_muted() {
+            return Err(ApiError::forbidden("you are muted and may not send until the mute ends"));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! on a socket. Acknowledgements come later, from the writer, once the
 //! change is on disk.
 
+mod access;
 mod channel;
 mod messages;
 pub mod outbox;
@@ -21,12 +22,15 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
+pub use crate::accounts::Identity;
+use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::ids::Sequencer;
 use crate::protocol::{self, message_views, MessageView};
-use crate::store::writer::{CommitListener, WriterHandle};
-use crate::store::{Layout, Message, Role, Store, StoreError};
+use crate::store::writer::{CommitListener, WriteRequest, WriterHandle};
+use crate::store::{Layout, Message, Store, StoreError};
+pub use access::{ConnHandle, CLOSE_ACCOUNT_ENDED};
 use channel::ChannelState;
 pub use messages::{Reply, SendOutcome};
 pub use outbox::{CloseSignal, ConnId, Outbox};
@@ -34,17 +38,10 @@ pub use outbox::{CloseSignal, ConnId, Outbox};
 /// Number of shards of the pending-nonce map.
 const NONCE_SHARDS: usize = 16;
 
-/// The authenticated user behind a request or connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub id: u64,
-    pub name: String,
-    pub role: Role,
-}
-
 /// One channel's shared state.
 #[derive(Debug)]
 struct ChannelHub {
+    id: u64,
     state: Mutex<ChannelState>,
     /// The channel's latest rev, which long polls wait on.
     latest: watch::Sender<u64>,
@@ -59,6 +56,15 @@ pub struct Hub {
     config: Arc<Config>,
     store: Arc<Store>,
     sequencer: Arc<Sequencer>,
+    /// Users, roles and tiers, for access checks at the moment they apply.
+    accounts: Arc<Accounts>,
+    /// Live connections by user id, for pushing layout and account changes.
+    connections: Mutex<HashMap<u64, HashMap<ConnId, ConnHandle>>>,
+    /// Serializes structure changes, which are read-modify-write.
+    layout_write: tokio::sync::Mutex<()>,
+    /// Send rate-limit buckets by user id; one entry per user who sent
+    /// since start-up.
+    send_buckets: Mutex<HashMap<u64, access::Bucket>>,
     /// The writer's queue; set once at start-up, because the writer needs
     /// the hub as its listener.
     writer: OnceLock<WriterHandle>,
@@ -73,11 +79,21 @@ pub struct Hub {
 
 impl Hub {
     /// Creates the hub over an open store and layout.
-    pub fn new(config: Arc<Config>, store: Arc<Store>, sequencer: Arc<Sequencer>, layout: Layout) -> Hub {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        sequencer: Arc<Sequencer>,
+        accounts: Arc<Accounts>,
+        layout: Layout,
+    ) -> Hub {
         Hub {
             config,
             store,
             sequencer,
+            accounts,
+            connections: Mutex::new(HashMap::new()),
+            layout_write: tokio::sync::Mutex::new(()),
+            send_buckets: Mutex::new(HashMap::new()),
             writer: OnceLock::new(),
             channels: RwLock::new(HashMap::new()),
             layout: RwLock::new(Arc::new(layout)),
@@ -96,23 +112,37 @@ impl Hub {
         self.writer.get().expect("the writer is attached before the server accepts connections")
     }
 
+    /// Issues a new id for a category or channel.
+    pub fn next_id(&self) -> u64 {
+        self.sequencer.next()
+    }
+
     /// The current layout.
     pub fn layout(&self) -> Arc<Layout> {
         self.layout.read().clone()
     }
 
-    /// The state of a channel that the user may read, or `channel not found`.
-    fn readable_channel(&self, _user: &Identity, channel: u64) -> Result<Arc<ChannelHub>, ApiError> {
+    /// The state of a channel that the user may read, or `channel not
+    /// found` for a channel that does not exist or that they may not read,
+    /// so the answer reveals nothing.
+    fn readable_channel(&self, user: &Identity, channel: u64) -> Result<Arc<ChannelHub>, ApiError> {
+        let readable = |layout: &Layout| layout.channel(channel).is_some_and(|found| self.can_read(user, found));
+        if !readable(&self.layout.read()) {
+            return Err(ApiError::channel_not_found());
+        }
         if let Some(hub) = self.channels.read().get(&channel) {
             return Ok(hub.clone());
         }
-        if self.layout.read().channel(channel).is_none() {
-            return Err(ApiError::channel_not_found());
-        }
         let stored_rev = self.store.channel_max_rev(channel).map_err(storage_error)?;
         let mut channels = self.channels.write();
+        // Checked again under the map's lock: a structure change removes
+        // deleted channels under it, after swapping the layout.
+        if !readable(&self.layout.read()) {
+            return Err(ApiError::channel_not_found());
+        }
         let hub = channels.entry(channel).or_insert_with(|| {
             Arc::new(ChannelHub {
+                id: channel,
                 state: Mutex::new(ChannelState::new(channel, stored_rev, self.config.history_cache)),
                 latest: watch::channel(stored_rev).0,
             })
@@ -126,32 +156,67 @@ impl Hub {
     pub fn subscribe(
         &self,
         user: &Identity,
-        outbox: &Outbox,
+        handle: &ConnHandle,
         channel: u64,
         after: Option<u64>,
         limit: usize,
     ) -> Result<(), ApiError> {
         let hub = self.readable_channel(user, channel)?;
         let mut state = hub.state.lock();
+        // Access is checked again under the channel's lock with the user as
+        // they are now, so a concurrent access change cannot miss this
+        // subscription.
+        let current = self.accounts.identity(user.id);
+        let still_readable = current.is_some_and(|current| {
+            self.layout().channel(channel).is_some_and(|found| self.can_read(&current, found))
+        });
+        if state.deleted || !still_readable {
+            return Err(ApiError::channel_not_found());
+        }
         let (messages, gap) = match after {
             Some(after) => state.changes_newest(&self.store, after, limit),
             None => state.page_before(&self.store, u64::MAX, limit).map(|(page, _)| (page, false)),
         }
         .map_err(storage_error)?;
-        outbox.push(protocol::encode_frame(&serde_json::json!({
+        handle.outbox.push(protocol::encode_frame(&serde_json::json!({
             "op": "subscribed",
             "channel": crate::ids::Id(channel),
             "messages": message_views(&messages),
             "gap": gap,
         })));
-        state.subscribers.insert(outbox.conn, outbox.clone());
+        state.subscribers.insert(handle.outbox.conn, handle.outbox.clone());
+        handle.subscriptions.lock().insert(channel);
         Ok(())
     }
 
     /// Ends a connection's subscription to a channel, if it had one.
-    pub fn unsubscribe(&self, conn: ConnId, channel: u64) {
-        if let Some(hub) = self.channels.read().get(&channel) {
-            hub.state.lock().subscribers.remove(&conn);
+    pub fn unsubscribe(&self, handle: &ConnHandle, channel: u64) {
+        let hub = self.channels.read().get(&channel).cloned();
+        match hub {
+            Some(hub) => {
+                let mut state = hub.state.lock();
+                state.subscribers.remove(&handle.outbox.conn);
+                handle.subscriptions.lock().remove(&channel);
+            }
+            None => {
+                handle.subscriptions.lock().remove(&channel);
+            }
+        }
+    }
+
+    /// Waits until every write queued so far is on disk.
+    pub async fn wait_for_writer(&self) -> Result<(), ApiError> {
+        let (sender, done) = tokio::sync::oneshot::channel();
+        let request = WriteRequest {
+            change: None,
+            completion: Some(Box::new(move |result| {
+                let _ = sender.send(result);
+            })),
+        };
+        self.writer().try_queue(request).map_err(|_| ApiError::unavailable())?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ApiError::unavailable()),
         }
     }
 
@@ -188,6 +253,9 @@ impl Hub {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             latest.mark_unchanged();
+            // Access may have ended while the poll waited.
+            let current = self.accounts.identity(user.id).ok_or_else(ApiError::unauthorized)?;
+            self.readable_channel(&current, channel)?;
             let (changes, has_more) = hub
                 .state
                 .lock()

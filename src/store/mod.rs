@@ -320,6 +320,56 @@ impl Store {
         Ok(true)
     }
 
+    /// Replaces a user record and flushes. The name must not change.
+    pub async fn put_user(&self, user: &User) -> Result<(), StoreError> {
+        self.users.insert(user.id.to_be_bytes(), encode(user))?;
+        self.flush().await
+    }
+
+    /// Removes a user, their name and their sessions, and flushes.
+    /// Their messages stay, with the author name they were sent under.
+    pub async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
+        self.remove_sessions_of(user.id)?;
+        self.usernames.remove(user.name.to_ascii_lowercase())?;
+        self.users.remove(user.id.to_be_bytes())?;
+        self.flush().await
+    }
+
+    /// Removes every session of a user and returns how many; the caller flushes.
+    pub fn remove_sessions_of(&self, user: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in self.sessions.iter() {
+            let (key, bytes) = entry?;
+            let session: Session = decode(&bytes)?;
+            if session.user == user {
+                self.sessions.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every message of a channel with its index entries, and
+    /// flushes. Returns how many messages were removed.
+    pub async fn delete_channel_messages(&self, channel: u64) -> Result<usize, StoreError> {
+        let prefix = channel.to_be_bytes();
+        let mut removed = 0;
+        for entry in self.messages.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            if let Some((_, id)) = split_pair_key(&key) {
+                self.channel_of.remove(id.to_be_bytes())?;
+            }
+            self.messages.remove(key)?;
+            removed += 1;
+        }
+        for entry in self.revs.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            self.revs.remove(key)?;
+        }
+        self.flush().await?;
+        Ok(removed)
+    }
+
     /// A session by token hash.
     pub fn session(&self, token_hash: &[u8]) -> Result<Option<Session>, StoreError> {
         Ok(self

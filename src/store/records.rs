@@ -106,12 +106,36 @@ pub struct NonceRecord {
     pub created_ms: u64,
 }
 
-/// Account roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Account roles, from least to most privileged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Reads and posts.
     Member,
+    /// Also deletes any message and mutes members.
+    Moderator,
+    /// Also manages the structure and the users.
     Admin,
+}
+
+impl Role {
+    /// Parses `member`, `moderator` or `admin`.
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "member" => Some(Role::Member),
+            "moderator" => Some(Role::Moderator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Moderator => "moderator",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// A user account.
@@ -125,6 +149,16 @@ pub struct User {
     pub role: Role,
     /// Registration time, ms since the Unix epoch.
     pub created_ms: u64,
+    /// Subscription tier name, one of `--tiers`. An unknown name counts as
+    /// the first tier.
+    pub tier: String,
+    /// When the tier ends and the user falls to the first tier, ms since
+    /// the Unix epoch; `None` for no end.
+    pub tier_expires_ms: Option<u64>,
+    /// Until when the user may not send, ms since the Unix epoch.
+    pub muted_until_ms: Option<u64>,
+    /// A disabled user cannot log in and has no sessions.
+    pub disabled: bool,
 }
 
 /// A login session, stored under the SHA-256 hash of its token.
@@ -151,6 +185,11 @@ pub struct Channel {
     pub name: String,
     pub topic: String,
     pub post: PostPolicy,
+    /// Lowest tier that may read the channel; admins may always read.
+    pub min_tier: String,
+    /// Whether users who may not read the channel do not see it at all,
+    /// instead of seeing it locked.
+    pub hidden: bool,
 }
 
 /// A named group of channels.
@@ -175,6 +214,11 @@ impl Layout {
             .iter()
             .flat_map(|category| category.channels.iter())
             .find(|channel| channel.id == id)
+    }
+
+    /// Finds a category by id.
+    pub fn category(&self, id: u64) -> Option<&Category> {
+        self.categories.iter().find(|category| category.id == id)
     }
 
     /// Every channel id, in layout order.

@@ -5,6 +5,8 @@
 //! authenticates with the session cookie and changes state must carry an
 //! allowed Origin; bearer-token clients need none.
 
+mod admin;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use crate::auth::{request_token, Credential};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{message_json, Identity, Reply, SendOutcome};
 use crate::ids::Id;
-use crate::protocol::{page_limit, LayoutView, UserView};
+use crate::protocol::{page_limit, UserView};
 use crate::server::App;
 
 /// Longest long-poll wait a client may request, in seconds.
@@ -78,13 +80,16 @@ async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> 
             let id = parse_id(id)?;
             delete_message(app, request, id).await
         }
+        (_, ["api", "categories", ..] | ["api", "channels", ..] | ["api", "layout", "move"] | ["api", "users", ..]) => {
+            admin::route(app, request, &method, &segments).await
+        }
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     }
 }
 
 /// Authenticates a request. State-changing requests that use the cookie
 /// must also come from an allowed Origin.
-fn authenticate(app: &App, request: &Request<Incoming>) -> Result<(Identity, String), ApiError> {
+pub(crate) fn authenticate(app: &App, request: &Request<Incoming>) -> Result<(Identity, String), ApiError> {
     let Some((token, credential)) = request_token(request.headers()) else {
         return Err(ApiError::unauthorized());
     };
@@ -151,7 +156,7 @@ async fn register(app: &App, request: Request<Incoming>) -> Result<Response<Body
         .register(&body.username, &body.password, body.setup_code.as_deref())
         .await?;
     tracing::info!(user = user.id, role = ?user.role, "user registered");
-    Ok(json_response(StatusCode::CREATED, &json!({"user": user_view(&user.id, &user.name, user.role)})))
+    Ok(json_response(StatusCode::CREATED, &json!({"user": UserView::of(&user)})))
 }
 
 #[derive(Deserialize)]
@@ -166,7 +171,7 @@ async fn login(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
     let (user, token) = app.auth.login(&body.username, &body.password).await?;
     let mut response = json_response(
         StatusCode::OK,
-        &json!({"user": user_view(&user.id, &user.name, user.role), "token": token}),
+        &json!({"user": UserView::of(&user), "token": token}),
     );
     set_cookie(&mut response, &app.auth.session_cookie(Some(&token)));
     Ok(response)
@@ -182,13 +187,13 @@ async fn logout(app: &App, request: Request<Incoming>) -> Result<Response<Body>,
 
 fn me(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (user, _) = authenticate(app, request)?;
-    Ok(json_response(StatusCode::OK, &json!({"user": user_view(&user.id, &user.name, user.role)})))
+    let user = app.accounts.get(user.id).ok_or_else(ApiError::unauthorized)?;
+    Ok(json_response(StatusCode::OK, &json!({"user": UserView::of(&user)})))
 }
 
 fn layout(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    authenticate(app, request)?;
-    let layout = app.hub.layout();
-    Ok(json_response(StatusCode::OK, &LayoutView::new(&layout)))
+    let (user, _) = authenticate(app, request)?;
+    Ok(json_response(StatusCode::OK, &app.hub.layout_for(&user)))
 }
 
 /// Query of GET /api/channels/{id}/messages.
@@ -266,7 +271,7 @@ async fn wait_durable(durable: oneshot::Receiver<Result<(), ApiError>>) -> Resul
 }
 
 /// Reads a JSON body of at most `--max-frame-bytes`.
-async fn read_json<T: DeserializeOwned>(app: &App, request: Request<Incoming>) -> Result<T, ApiError> {
+pub(crate) async fn read_json<T: DeserializeOwned>(app: &App, request: Request<Incoming>) -> Result<T, ApiError> {
     let limit = app.config.max_frame_bytes;
     let body = Limited::new(request.into_body(), limit)
         .collect()
@@ -297,17 +302,9 @@ fn parse_query<T: DeserializeOwned + Default>(query: Option<&str>) -> Result<T, 
         .map_err(|error| ApiError::bad_request(format!("invalid query: {error}")))
 }
 
-fn parse_id(text: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<u64, ApiError> {
     text.parse()
         .map_err(|_| ApiError::bad_request(format!("invalid id {text:?}: expected a decimal number")))
-}
-
-fn user_view(id: &u64, name: &str, role: crate::store::Role) -> UserView {
-    UserView {
-        id: Id(*id),
-        name: name.to_string(),
-        role,
-    }
 }
 
 /// A JSON response with `Cache-Control: no-store`.
@@ -322,10 +319,17 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
 }
 
 fn error_response(error: &ApiError) -> Response<Body> {
-    json_response(
-        error.code.status(),
-        &json!({"error": {"code": error.code, "message": error.message}}),
-    )
+    let mut body = json!({"error": {"code": error.code, "message": error.message}});
+    let mut response_retry = None;
+    if let Some(retry_after_ms) = error.retry_after_ms {
+        body["error"]["retry_after_ms"] = json!(retry_after_ms);
+        response_retry = Some(retry_after_ms.div_ceil(1000).max(1));
+    }
+    let mut response = json_response(error.code.status(), &body);
+    if let Some(seconds) = response_retry {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 fn set_cookie(response: &mut Response<Body>, cookie: &str) {
