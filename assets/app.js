@@ -464,6 +464,9 @@ function buildChannelLink(channel) {
   if (channel.post === 'admins') {
     button.append(createElement('span', 'badge', 'announcements'));
   }
+  if (channel.locked) {
+    button.append(createElement('span', 'badge', `${channel.min_tier} tier`));
+  }
   if (key === state.selectedChannelKey) button.setAttribute('aria-current', 'true');
   item.append(button);
   return item;
@@ -483,8 +486,12 @@ function updateComposer() {
   let reason = '';
   if (!channel) {
     reason = 'Select a channel to write in it.';
+  } else if (channel.locked) {
+    reason = `This channel needs the ${channel.min_tier} tier or higher.`;
   } else if (!canPostIn(channel)) {
     reason = 'This is an announcement channel: only admins can post here.';
+  } else if (isMuted()) {
+    reason = `You are muted until ${new Date(Number(state.user.muted_until)).toLocaleString()}.`;
   }
   dom.composerInput.disabled = reason !== '';
   dom.sendButton.disabled = reason !== '';
@@ -649,6 +656,9 @@ function handleSocketMessage(data) {
     case 'history': handleHistory(frame); break;
     case 'error': handleErrorFrame(frame); break;
     case 'heartbeat_ack': break; // handleSocketMessage already recorded the time
+    case 'layout': handleLayoutFrame(frame); break;
+    case 'user': handleUserFrame(frame); break;
+    case 'unsubscribed': handleUnsubscribed(frame); break;
     default: console.warn(`Ignored a WebSocket frame with unknown op "${frame.op}".`);
   }
 }
@@ -676,9 +686,53 @@ function handleReady(frame) {
   renderMessages();
 }
 
+// A structure or access change: the selection may have moved to another
+// channel, or the selected channel may have become readable, so both cases
+// subscribe again.
+function handleLayoutFrame(frame) {
+  if (!frame.layout) return;
+  const previousKey = state.selectedChannelKey;
+  const wasLocked = selectedChannel()?.locked === true;
+  applyLayout(frame.layout);
+  const channel = selectedChannel();
+  const unlocked = wasLocked && channel && !channel.locked;
+  if (state.selectedChannelKey !== previousKey || unlocked) {
+    state.messageElements.clear();
+    renderMessages();
+    subscribeSelectedChannel();
+  }
+}
+
+function handleUserFrame(frame) {
+  if (!frame.user) return;
+  state.user = frame.user;
+  renderCurrentUser();
+  updateComposer();
+}
+
+// The server ended a subscription because the channel was deleted or the
+// user may no longer read it, so its cached messages are dropped from view.
+function handleUnsubscribed(frame) {
+  const key = String(frame.channel);
+  const cache = channelCache(key);
+  replaceMessages(cache, []);
+  cache.lastRev = null;
+  cache.loaded = false;
+  if (key === state.selectedChannelKey) {
+    showNotice(frame.reason === 'deleted'
+      ? 'This channel was deleted.'
+      : 'You no longer have access to this channel.');
+    renderMessages();
+  }
+}
+
+function isMuted() {
+  return Number(state.user?.muted_until) > Date.now();
+}
+
 function subscribeSelectedChannel() {
   const channel = selectedChannel();
-  if (!channel) return;
+  if (!channel || channel.locked) return;
   const cache = channelCache(String(channel.id));
   cache.subscribeAfter = cache.lastRev;
   sendFrame({ op: 'subscribe', channel: channel.id, after: cache.lastRev, limit: SUBSCRIBE_LIMIT });
