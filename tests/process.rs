@@ -1,0 +1,485 @@
+//! The `aura` binary as a separate process: the data-directory lock,
+//! durability of acknowledged messages across kill -9, and graceful
+//! shutdown on SIGTERM.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Maximum unacknowledged sends per client in the kill test. It stays below
+/// the default --send-queue of 1024 frames, because one group commit can
+/// complete every pending send of a connection at once, and the server
+/// closes a connection whose acks overflow that queue with 4008.
+const IN_FLIGHT: usize = 256;
+
+/// How often a wait loop checks for its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A spawned `aura serve`, killed with SIGKILL when dropped so that a failing
+/// test leaves no process behind.
+struct ServerProcess {
+    child: Child,
+    /// Everything the process wrote to stderr so far.
+    stderr: Arc<Mutex<String>>,
+    /// The thread that copies stderr into `stderr` until EOF.
+    reader: Option<JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    /// Starts `aura serve` on `data_dir`, listening on a free loopback port.
+    fn spawn(data_dir: &Path) -> ServerProcess {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the aura binary starts");
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let reader = std::thread::spawn({
+            let stderr = stderr.clone();
+            move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut text = stderr.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+        });
+        ServerProcess {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the `listening on ADDR` log line and returns the address.
+    async fn listening(&mut self) -> SocketAddr {
+        for _ in 0..(30_000 / POLL_INTERVAL.as_millis()) {
+            if let Some(addr) = parse_listening(&self.stderr.lock().unwrap()) {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("aura exited with {status} before listening; stderr:\n{}", self.stderr_text());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        panic!("aura did not log 'listening on' within 30 s; stderr:\n{}", self.stderr_text());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    async fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        for _ in 0..(limit.as_millis() / POLL_INTERVAL.as_millis()).max(1) {
+            if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                return Some(status);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        self.child.try_wait().expect("try_wait works")
+    }
+
+    /// Stderr so far.
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stderr after the process exited, once the copy thread read all of it.
+    fn final_stderr(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr_text()
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// Parses the address from a `listening on 127.0.0.1:PORT` log line.
+fn parse_listening(stderr: &str) -> Option<SocketAddr> {
+    let rest = stderr.split("listening on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A bearer-authenticated HTTP client for a spawned server.
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// Registers `name` as admin with the setup code in `data_dir` and logs in.
+    async fn register_admin(addr: SocketAddr, data_dir: &Path, name: &str) -> Api {
+        let code = std::fs::read_to_string(data_dir.join("setup-code")).expect("the setup-code file exists");
+        let base = format!("http://{addr}");
+        let response = http()
+            .post(format!("{base}/api/register"))
+            .json(&json!({"username": name, "password": PASSWORD, "setup_code": code.trim()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "admin registration succeeds");
+        Api::login(addr, name).await
+    }
+
+    async fn login(addr: SocketAddr, name: &str) -> Api {
+        let base = format!("http://{addr}");
+        let response = http()
+            .post(format!("{base}/api/session"))
+            .json(&json!({"username": name, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login succeeds");
+        let body: Value = response.json().await.unwrap();
+        Api {
+            base,
+            token: body["token"].as_str().unwrap().to_string(),
+            http: http(),
+        }
+    }
+
+    /// Returns the same session on a restarted server at `addr`.
+    fn at(&self, addr: SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            token: self.token.clone(),
+            http: http(),
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post_message(&self, channel: &str, content: &str, nonce: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/channels/{channel}/messages", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"content": content, "nonce": nonce}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn general(&self) -> String {
+        let (status, layout) = self.get_json("/api/layout").await;
+        assert_eq!(status, 200, "the layout loads: {layout}");
+        channel_in_layout(&layout, "general")
+    }
+
+    /// Reads every change in a channel with `after=0`, page by page.
+    async fn all_changes(&self, channel: &str) -> Vec<Value> {
+        let mut changes = Vec::new();
+        let mut after = "0".to_string();
+        for _ in 0..1000 {
+            let (status, body) = self
+                .get_json(&format!("/api/channels/{channel}/messages?after={after}&limit=200"))
+                .await;
+            assert_eq!(status, 200, "polling after={after} succeeds: {body}");
+            let page = body["messages"].as_array().unwrap().clone();
+            if let Some(last) = page.last() {
+                after = last["rev"].as_str().unwrap().to_string();
+            }
+            changes.extend(page);
+            if body["has_more"] != true {
+                return changes;
+            }
+        }
+        panic!("polling did not reach the end within 1000 pages");
+    }
+
+    /// Opens a WebSocket with the bearer token and reads `ready`.
+    async fn connect(&self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        let url = format!("{}/ws", self.base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {}", self.token).parse().unwrap());
+        let (mut stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
+        let ready = next_json(&mut stream).await.expect("ready arrives");
+        assert_eq!(ready["op"], "ready", "the first frame is ready: {ready}");
+        stream
+    }
+}
+
+/// Reads the next text frame as JSON, or `None` once the connection ends.
+async fn next_json<S>(stream: &mut S) -> Option<Value>
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(TIMEOUT * 3, stream.next()).await.ok()?? {
+            Ok(WsMessage::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+            Ok(WsMessage::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Builds the content of the message sent with `nonce` in the kill test.
+fn kill_content(nonce: &str) -> String {
+    format!("durable {nonce}")
+}
+
+#[tokio::test]
+async fn second_instance_exits_with_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = ServerProcess::spawn(dir.path());
+    let addr = first.listening().await;
+
+    let mut second = ServerProcess::spawn(dir.path());
+    let status = second
+        .exit_within(Duration::from_secs(10))
+        .await
+        .expect("the second instance exits within 10 s");
+    assert!(!status.success(), "the second instance exits with a non-zero status, found {status}");
+
+    let stderr = second.final_stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "the second instance writes one line to stderr:\n{stderr}");
+    let directory = dir.path().display().to_string();
+    assert!(lines[0].contains(&directory), "the error names the data directory {directory}: {stderr}");
+    assert!(!stderr.contains("panicked"), "the second instance does not panic: {stderr}");
+
+    let response = http().get(format!("http://{addr}/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the first instance still serves /healthz");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_survive_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::spawn(dir.path());
+    let addr = server.listening().await;
+    let api = Api::register_admin(addr, dir.path(), "ana").await;
+    let general = api.general().await;
+
+    // nonce -> acknowledged message id, and every nonce put on the wire.
+    let acks: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client in 0..3 {
+        let (mut sink, mut stream) = api.connect().await.split();
+        // Each client keeps up to IN_FLIGHT sends unacknowledged. The reader
+        // task returns a permit per ack and closes the semaphore when the
+        // connection ends, which stops the sender.
+        let window = Arc::new(Semaphore::new(IN_FLIGHT));
+        let acks = acks.clone();
+        tasks.push(tokio::spawn({
+            let window = window.clone();
+            async move {
+                while let Some(frame) = next_json(&mut stream).await {
+                    if frame["op"] == "ack" {
+                        let nonce = frame["nonce"].as_str().unwrap().to_string();
+                        acks.lock().unwrap().insert(nonce, frame["id"].as_str().unwrap().to_string());
+                        window.add_permits(1);
+                    }
+                }
+                window.close();
+            }
+        }));
+        let sent = sent.clone();
+        let stop = stop.clone();
+        let channel = general.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(permit) = window.acquire().await else { break };
+                permit.forget();
+                let nonce = format!("c{client}-{i}");
+                sent.lock().unwrap().insert(nonce.clone());
+                let frame = json!({"op": "send", "channel": channel, "content": kill_content(&nonce), "nonce": nonce});
+                if sink.send(WsMessage::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+
+    // Kill while the clients are still sending, once some acks arrived.
+    for _ in 0..(20_000 / POLL_INTERVAL.as_millis()) {
+        if acks.lock().unwrap().len() >= 500 {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(TIMEOUT, task).await.is_err() {
+            abort.abort();
+        }
+    }
+    let acks = acks.lock().unwrap().clone();
+    let sent = sent.lock().unwrap().clone();
+    assert!(!acks.is_empty(), "some sends were acknowledged before the kill");
+
+    let mut restarted = ServerProcess::spawn(dir.path());
+    let addr = restarted.listening().await;
+    let api = api.at(addr);
+    let changes = api.all_changes(&general).await;
+
+    let mut stored: HashMap<String, Vec<&Value>> = HashMap::new();
+    for message in &changes {
+        let nonce = message["nonce"].as_str().unwrap_or_default().to_string();
+        stored.entry(nonce).or_default().push(message);
+    }
+
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for (nonce, id) in &acks {
+        match stored.get(nonce).map(Vec::as_slice) {
+            Some([message]) => {
+                if message["id"] != id.as_str() || message["content"] != kill_content(nonce) {
+                    wrong.push(format!("{nonce}: acked id {id}, stored {message}"));
+                }
+            }
+            Some(_) => {}
+            None => missing.push(nonce.clone()),
+        }
+    }
+    let duplicated: Vec<&String> = stored.iter().filter(|(_, found)| found.len() > 1).map(|(nonce, _)| nonce).collect();
+    let unknown: Vec<&String> = stored.keys().filter(|nonce| !sent.contains(*nonce)).collect();
+    println!(
+        "sent {}, acknowledged {}, stored after restart {}",
+        sent.len(),
+        acks.len(),
+        changes.len()
+    );
+
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages are missing after kill -9, for example {:?}",
+        missing.len(),
+        acks.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        duplicated.is_empty(),
+        "messages stored more than once after kill -9: {:?}",
+        &duplicated[..duplicated.len().min(10)]
+    );
+    assert!(
+        wrong.is_empty(),
+        "acknowledged messages stored with another id or content: {:?}",
+        &wrong[..wrong.len().min(10)]
+    );
+    assert!(unknown.is_empty(), "stored messages with nonces that were never sent: {unknown:?}");
+    let revs: Vec<u64> = changes.iter().map(|m| m["rev"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(revs.windows(2).all(|pair| pair[0] < pair[1]), "polling returns changes in increasing rev order");
+
+    let newest = ids(&Value::Array(changes.clone())).into_iter().max().unwrap_or(0);
+    let (status, body) = api.post_message(&general, "after the crash", "after-restart").await;
+    assert_eq!(status, 201, "sending works after the restart: {body}");
+    let id: u64 = body["message"]["id"].as_str().unwrap().parse().unwrap();
+    assert!(id > newest, "an id issued after the restart ({id}) is greater than every stored id ({newest})");
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::spawn(dir.path());
+    let addr = server.listening().await;
+    let api = Api::register_admin(addr, dir.path(), "ana").await;
+    let general = api.general().await;
+
+    let mut contents = Vec::new();
+    for i in 0..20 {
+        let content = format!("before shutdown {i}");
+        let (status, body) = api.post_message(&general, &content, &format!("term-{i}")).await;
+        assert_eq!(status, 201, "message {i} is sent: {body}");
+        contents.push(content);
+    }
+    let mut ws = api.connect().await;
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.pid().to_string())
+        .status()
+        .expect("the kill command runs");
+    assert!(killed.success(), "kill -TERM succeeds");
+
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(WsMessage::Close(frame)))) => break frame.map(|frame| u16::from(frame.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) | Err(_) => break None,
+        }
+    };
+    assert_eq!(close, Some(1001), "open WebSockets are closed with 1001 on SIGTERM");
+
+    let status = server
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the server exits within 30 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "the server exits with status 0 after SIGTERM");
+    let stderr = server.final_stderr();
+    assert!(stderr.contains("shutdown complete"), "the server logs 'shutdown complete':\n{stderr}");
+
+    let mut restarted = ServerProcess::spawn(dir.path());
+    let addr = restarted.listening().await;
+    let stored: Vec<String> = api
+        .at(addr)
+        .all_changes(&general)
+        .await
+        .iter()
+        .map(|message| message["content"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, contents, "every message sent before SIGTERM is present after a restart");
+}
