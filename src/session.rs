@@ -20,7 +20,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -55,6 +55,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// waits when it is full, which throttles a client that floods pings.
 const CONTROL_QUEUE: usize = 16;
 
+/// Share of `--send-queue` that one connection's writes in flight (sent
+/// but not yet acknowledged) may fill with their acks. The reader stops
+/// reading the client's frames while the limit is reached, so a client
+/// that pipelines sends is slowed down instead of overflowing its own
+/// queue with acks.
+const IN_FLIGHT_SHARE: usize = 4;
+
 /// Frames the writer sends before it flushes the socket buffer.
 const FRAMES_PER_FLUSH: usize = 64;
 
@@ -78,6 +85,8 @@ struct Connection {
     close: Arc<CloseSignal>,
     /// Time of the last frame from the client, ms since the Unix epoch.
     last_seen: AtomicU64,
+    /// Permits for writes in flight: `--send-queue` / [`IN_FLIGHT_SHARE`].
+    in_flight: Arc<Semaphore>,
 }
 
 /// Runs a WebSocket connection until it closes. `refusal` closes it at once
@@ -136,6 +145,7 @@ async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded
         handle: handle.clone(),
         close,
         last_seen: AtomicU64::new(now_ms()),
+        in_flight: Arc::new(Semaphore::new((app.config.send_queue / IN_FLIGHT_SHARE).max(1))),
     });
     connection.handle.outbox.push(ready_frame(&connection));
     app.hub.register_connection(connection.user.id, handle);
@@ -348,7 +358,7 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control:
             connection.close.request(CLOSE_INVALID_UTF8);
             return;
         };
-        handle_text(&connection, text);
+        handle_text(&connection, text).await;
     }
 }
 
@@ -363,7 +373,7 @@ fn close_code_for(error: &WebSocketError) -> u16 {
 }
 
 /// Handles one client operation; errors go back to the client as `error` frames.
-fn handle_text(connection: &Connection, text: &str) {
+async fn handle_text(connection: &Connection, text: &str) {
     let outbox = &connection.handle.outbox;
     let op = match ClientOp::parse(text) {
         Ok(op) => op,
@@ -378,6 +388,10 @@ fn handle_text(connection: &Connection, text: &str) {
         return;
     };
     let hub = &connection.app.hub;
+    let reply = || async {
+        let permit = connection.in_flight.clone().acquire_owned().await.ok();
+        Reply::Socket(outbox.clone(), permit)
+    };
 
     let (result, nonce) = match op {
         ClientOp::Heartbeat => {
@@ -393,11 +407,11 @@ fn handle_text(connection: &Connection, text: &str) {
             (Ok(()), None)
         }
         ClientOp::Send { channel, content, nonce } => {
-            let result = hub.send(&user, channel.0, &content, &nonce, Reply::Socket(outbox.clone()));
+            let result = hub.send(&user, channel.0, &content, &nonce, reply().await);
             (result.map(|_| ()), Some(nonce))
         }
-        ClientOp::Edit { id, content } => (hub.edit(&user, id.0, &content, Reply::Socket(outbox.clone())).map(|_| ()), None),
-        ClientOp::Delete { id } => (hub.delete(&user, id.0, Reply::Socket(outbox.clone())).map(|_| ()), None),
+        ClientOp::Edit { id, content } => (hub.edit(&user, id.0, &content, reply().await).map(|_| ()), None),
+        ClientOp::Delete { id } => (hub.delete(&user, id.0, reply().await).map(|_| ()), None),
         ClientOp::History { channel, before, limit } => {
             let result = hub
                 .history(&user, channel.0, before.map(|id| id.0), page_limit(limit))

@@ -51,6 +51,8 @@ impl ServerProcess {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            // The clients below send as fast as they can, far above the per-user limit.
+            .args(["--send-burst", "1000000", "--send-per-second", "100000"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{storage_error, Hub, Identity, Outbox};
 use crate::error::{ApiError, ErrorCode};
@@ -14,8 +14,10 @@ use crate::store::{Message, NonceRecord, PostPolicy, Role, StoreError};
 /// Where the outcome of a write goes once it is on disk.
 pub enum Reply {
     /// A WebSocket connection: an `ack` frame for a send, or an `error`
-    /// frame with code `unavailable` when the write failed.
-    Socket(Outbox),
+    /// frame with code `unavailable` when the write failed. The permit, if
+    /// any, counts the write against the connection's limit of writes in
+    /// flight and is released once the outcome is queued.
+    Socket(Outbox, Option<OwnedSemaphorePermit>),
     /// An HTTP handler waiting to respond.
     Http(oneshot::Sender<Result<(), ApiError>>),
 }
@@ -215,7 +217,7 @@ impl Hub {
     /// Queues a barrier that replies once everything queued before it is on
     /// disk, for a repeated nonce whose original may not be durable yet.
     fn queue_barrier(&self, reply: Reply, original: Option<(&str, &Arc<Message>)>) -> Result<(), ApiError> {
-        if let (Reply::Socket(outbox), Some((_, message))) = (&reply, original) {
+        if let (Reply::Socket(outbox, _), Some((_, message))) = (&reply, original) {
             outbox.push(protocol::message_frame(message));
         }
         let request = WriteRequest {
@@ -283,7 +285,7 @@ impl Hub {
 fn completion(reply: Reply, ack: Option<(&str, &Arc<Message>)>) -> Completion {
     let ack = ack.map(|(nonce, message)| (nonce.to_string(), message.id, message.rev));
     Box::new(move |result: Result<(), StoreError>| match reply {
-        Reply::Socket(outbox) => {
+        Reply::Socket(outbox, _permit) => {
             let nonce = ack.as_ref().map(|(nonce, _, _)| nonce.as_str());
             match (&result, &ack) {
                 (Ok(()), Some((nonce, id, rev))) => {

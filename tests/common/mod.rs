@@ -50,6 +50,9 @@ impl TestServer {
     /// Starts a server on an existing data directory.
     pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut ServeArgs)) -> TestServer {
         let mut args = ServeArgs::for_tests(dir.path());
+        // Most tests send faster than people do; the rate-limit tests lower these again.
+        args.send_burst = 1_000_000;
+        args.send_per_second = 100_000.0;
         adjust(&mut args);
         let config = args.validate().expect("test flags are valid");
         let server = Server::open(config).await.expect("server opens its data directory");
