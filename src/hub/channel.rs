@@ -110,8 +110,8 @@ impl ChannelState {
             .map(|(_, message)| message.clone())
             .collect();
         if newest_first.len() <= limit && after < self.floor {
-            let wanted = limit + 1 - newest_first.len();
-            let stored = store.changes_backward(self.id, after, self.floor, wanted, |id| {
+            let needed = limit + 1 - newest_first.len();
+            let stored = store.changes_backward(self.id, after, self.floor, needed, |id| {
                 self.rev_of.contains_key(&id)
             })?;
             newest_first.extend(stored.into_iter().map(Arc::new));

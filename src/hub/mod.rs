@@ -73,7 +73,7 @@ pub struct Hub {
     /// The current layout.
     layout: RwLock<Arc<Layout>>,
     /// Sends whose nonce is not on disk yet, sharded by user id; the
-    /// sled `nonces` tree holds the rest.
+    /// sled `nonces` tree contains the rest.
     pending_nonces: [Mutex<PendingNonces>; NONCE_SHARDS],
 }
 
@@ -117,14 +117,14 @@ impl Hub {
         self.sequencer.next()
     }
 
-    /// The current layout.
+    /// Returns the current layout.
     pub fn layout(&self) -> Arc<Layout> {
         self.layout.read().clone()
     }
 
     /// The state of a channel that the user may read, or `channel not
     /// found` for a channel that does not exist or that they may not read,
-    /// so the answer reveals nothing.
+    /// so the response reveals nothing.
     fn readable_channel(&self, user: &Identity, channel: u64) -> Result<Arc<ChannelHub>, ApiError> {
         let readable = |layout: &Layout| layout.channel(channel).is_some_and(|found| self.can_read(user, found));
         if !readable(&self.layout.read()) {
@@ -220,7 +220,7 @@ impl Hub {
         }
     }
 
-    /// A page of messages before `before` (the newest page when `None`),
+    /// Reads a page of messages before `before` (the newest page when `None`),
     /// oldest first, and whether older messages exist.
     pub fn history(
         &self,
@@ -236,8 +236,8 @@ impl Hub {
             .map_err(storage_error)
     }
 
-    /// Changes after `after`, oldest first, at most `limit`, and whether more
-    /// follow. With a `wait`, an empty answer waits up to that long for the
+    /// Reads the changes after `after`, oldest first, at most `limit`, and whether more
+    /// follow. With a `wait`, an empty result waits up to that long for the
     /// next change, or until `shutdown` begins.
     pub async fn changes_after(
         &self,
