@@ -81,8 +81,14 @@ impl Outbox {
 
     /// Queues a frame. Returns false when the frame was not queued: the
     /// queue was full, so the connection is being closed with
-    /// [`CLOSE_TOO_SLOW`], or the connection has already ended.
+    /// [`CLOSE_TOO_SLOW`], or a close was already requested, or the
+    /// connection has already ended.
     pub fn push(&self, frame: Bytes) -> bool {
+        // Once a frame was dropped, no later frame may reach the client:
+        // it resumes after the last rev it saw, which must come before the gap.
+        if self.close.code().is_some() {
+            return false;
+        }
         match self.sender.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
