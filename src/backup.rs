@@ -67,7 +67,7 @@ pub enum BackupError {
     Cancelled(PathBuf),
 }
 
-/// What a backup wrote.
+/// Summary of a written backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupReport {
     /// The new data directory.
@@ -102,10 +102,12 @@ pub async fn back_up(store: &Store, dest: &Path) -> Result<BackupReport, BackupE
         return Err(BackupError::Relative(dest.to_path_buf()));
     }
     prepare_destination(dest)?;
+
     let started = Instant::now();
     let paused = store.pause_writes().await;
     store.flush().await?;
     let source = store.db()?;
+
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let target = dest.to_path_buf();
@@ -116,6 +118,7 @@ pub async fn back_up(store: &Store, dest: &Path) -> Result<BackupReport, BackupE
             source: std::io::Error::other(format!("copy task failed: {error}")),
         }));
     drop(paused);
+
     let trees = match copied {
         Ok(trees) => trees,
         Err(error) => {
@@ -263,7 +266,7 @@ fn periodic_name(ms: u64) -> String {
     )
 }
 
-/// Whether `name` is a directory name that [`periodic_name`] produces.
+/// Checks whether `name` is a directory name that [`periodic_name`] produces.
 fn is_periodic_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(PERIODIC_PREFIX) else { return false };
     let bytes = rest.as_bytes();

@@ -261,8 +261,8 @@ pub fn respond(
     Ok(response)
 }
 
-/// Whether a request may read metrics: it presents the metrics token, or
-/// it comes from loopback without a reverse proxy's forwarding header.
+/// Checks whether a request may read metrics: it presents the metrics
+/// token, or it comes from loopback without a reverse proxy's forwarding header.
 fn may_read(token: Option<&str>, peer: std::net::SocketAddr, headers: &HeaderMap) -> bool {
     if let Some(expected) = token {
         let presented = headers

@@ -2,8 +2,8 @@
 //!
 //! Every record of every tree must decode, and every index must agree with
 //! the records it indexes:
-//! - `messages`: the key's (channel, id) equals the record's; the rev is at
-//!   least the id and below the stored id lease; a deleted message keeps no content.
+//! - `messages`: the key's (channel, id) equals the record's. The rev is at
+//!   least the id and below the stored id lease. A deleted message keeps no content.
 //! - `revs`: exactly one entry per message, at (channel, its rev), holding its id.
 //! - `channel_of`: exactly one entry per message, holding its channel.
 //! - `users` and `usernames`: each user has its lowercased name, and each
@@ -69,7 +69,7 @@ impl Report {
     }
 }
 
-/// What the cross-checks need to know about one stored message.
+/// The fields of one stored message that the cross-checks use.
 struct MessageInfo {
     channel: u64,
     rev: u64,

@@ -48,8 +48,8 @@ const REOPEN_WAIT_STEP: Duration = Duration::from_millis(10);
 
 /// Free space that [`Store::reopen`] requires before it closes the failed
 /// database, in bytes.
-// NOTE: an estimate for sled's recovery writes on a small database; a large
-// one may need more, and then the reopen fails and is retried later.
+// NOTE: an estimate of what sled's recovery writes for a small database. A
+// large one may need more, and then the reopen fails and is retried later.
 const REOPEN_MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// Errors from the database.
