@@ -13,6 +13,9 @@
 //!
 //! Findings that need no repair (sessions of deleted users, messages of a
 //! deleted channel whose removal was interrupted) are printed as notes.
+//!
+//! NOTE: sled 0.34 has no read-only mode, so opening the database may let
+//! sled write its own recovery files in `DIR/db`; no record is changed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
