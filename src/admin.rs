@@ -187,7 +187,7 @@ async fn serve_one(app: &App, sequencer: &Sequencer, stream: UnixStream) -> std:
             tracing::info!(command = "backup", dest = %dest.display(), "admin socket request");
             match crate::backup::back_up(&app.store, &dest).await {
                 Ok(backup) => {
-                    tracing::info!(dest = %dest.display(), records = backup.records(), millis = backup.millis, "backup written");
+                    tracing::info!(dest = %dest.display(), records = backup.records(), millis = backup.millis, paused_millis = backup.paused_millis, "backup written");
                     AdminResponse::Backup { backup }
                 }
                 Err(error) => {

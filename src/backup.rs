@@ -3,15 +3,17 @@
 //!
 //! Copying sled's files while the server writes can give a copy that opens
 //! silently empty, so a backup copies records, not files. It holds the
-//! store's write gate, so no write is half done while it reads, copies every
-//! tree into a new sled database in `DEST/db.partial`, flushes it, and only
-//! then renames it to `DEST/db`. A crash or a cancelled backup therefore
-//! never leaves a `DEST/db` that looks complete. `DEST` is then a data
-//! directory that `aura serve --data-dir DEST` starts from.
+//! store's write gate, so no write is half done, while it dumps every record
+//! of every tree into `DEST/dump.partial`. Then writes resume, and the dump
+//! is loaded into a new sled database in `DEST/db.partial`, which is flushed
+//! and renamed to `DEST/db`. A crash or a cancelled backup therefore never
+//! leaves a `DEST/db` that looks complete. `DEST` is then a data directory
+//! that `aura serve --data-dir DEST` starts from.
 //!
-//! While the copy runs, reads go on and writes wait: sends queue in the
-//! writer's queue and are acknowledged once the copy is done.
+//! While the dump runs, reads go on and writes wait: sends queue in the
+//! writer's queue and are acknowledged once the dump is done.
 
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,8 +33,15 @@ pub const DB_DIR: &str = "db";
 /// Name of the database directory while a backup writes it.
 const PARTIAL_DB_DIR: &str = "db.partial";
 
-/// Records copied per sled batch.
+/// Records copied per sled batch, and between checks for cancellation.
 const COPY_BATCH: usize = 1024;
+
+/// File in the destination that holds the records until the copy is built.
+const DUMP_FILE: &str = "dump.partial";
+
+/// Dump file markers: a tree name follows, or a record follows.
+const DUMP_TREE: u8 = 1;
+const DUMP_RECORD: u8 = 2;
 
 /// Prefix of the directories that periodic backups create.
 const PERIODIC_PREFIX: &str = "aura-";
@@ -74,7 +83,9 @@ pub struct BackupReport {
     pub dest: PathBuf,
     /// Records copied, by tree name.
     pub trees: Vec<(String, u64)>,
-    /// Time the copy took, in milliseconds; writes waited this long.
+    /// Time writes waited while the records were read, in milliseconds.
+    pub paused_millis: u64,
+    /// Time the whole backup took, in milliseconds.
     pub millis: u64,
 }
 
@@ -97,29 +108,41 @@ impl Drop for CancelOnDrop {
 
 /// Writes a consistent copy of `store` into `dest`, a new or empty
 /// directory, which becomes a data directory.
+///
+/// Writes wait only while every record is dumped to a file, a sequential
+/// read and write. Building the new sled database from the dump, the slow
+/// part, runs after writes resumed.
 pub async fn back_up(store: &Store, dest: &Path) -> Result<BackupReport, BackupError> {
     if dest.is_relative() {
         return Err(BackupError::Relative(dest.to_path_buf()));
     }
     prepare_destination(dest)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
 
     let started = Instant::now();
     let paused = store.pause_writes().await;
     store.flush().await?;
     let source = store.db()?;
-
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let target = dest.to_path_buf();
-    let copied = tokio::task::spawn_blocking(move || copy_database(&source, &target, &cancel))
-        .await
-        .unwrap_or_else(|error| Err(BackupError::Io {
-            path: dest.to_path_buf(),
-            source: std::io::Error::other(format!("copy task failed: {error}")),
-        }));
+    let dump = dest.join(DUMP_FILE);
+    let dumped = run_blocking(dest, {
+        let dump = dump.clone();
+        let cancel = cancel.clone();
+        move || dump_trees(&source, &dump, &cancel)
+    })
+    .await;
     drop(paused);
+    let paused_millis = started.elapsed().as_millis() as u64;
 
-    let trees = match copied {
+    let loaded = match dumped {
+        Ok(trees) => {
+            let target = dest.to_path_buf();
+            run_blocking(dest, move || load_dump(&dump, &target, &cancel).map(|()| trees)).await
+        }
+        Err(error) => Err(error),
+    };
+    let _ = std::fs::remove_file(dest.join(DUMP_FILE));
+    let trees = match loaded {
         Ok(trees) => trees,
         Err(error) => {
             let _ = std::fs::remove_dir_all(dest.join(PARTIAL_DB_DIR));
@@ -129,7 +152,21 @@ pub async fn back_up(store: &Store, dest: &Path) -> Result<BackupReport, BackupE
     Ok(BackupReport {
         dest: dest.to_path_buf(),
         trees,
+        paused_millis,
         millis: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Runs `work` on a blocking thread.
+async fn run_blocking<T: Send + 'static>(
+    dest: &Path,
+    work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
+) -> Result<T, BackupError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|error| {
+        Err(BackupError::Io {
+            path: dest.to_path_buf(),
+            source: std::io::Error::other(format!("backup task failed: {error}")),
+        })
     })
 }
 
@@ -158,57 +195,123 @@ fn prepare_destination(dest: &Path) -> Result<(), BackupError> {
     }
 }
 
-/// Copies every tree of `source` into a new database in `dest`, then
-/// renames it into place. Returns the records copied per tree.
-fn copy_database(source: &sled::Db, dest: &Path, cancel: &AtomicBool) -> Result<Vec<(String, u64)>, BackupError> {
-    let partial = dest.join(PARTIAL_DB_DIR);
+/// Writes every record of every tree of `source` to the file `dump`.
+/// Returns the records per tree, sorted by tree name.
+///
+/// The format is private to a backup: for each tree, a tree marker with the
+/// tree's name, then a record marker with key and value for each record;
+/// every name, key and value is a big-endian u32 length and the bytes.
+fn dump_trees(source: &sled::Db, dump: &Path, cancel: &AtomicBool) -> Result<Vec<(String, u64)>, BackupError> {
+    let io_error = |source| BackupError::Io {
+        path: dump.to_path_buf(),
+        source,
+    };
+    let copy_error = |source| BackupError::Copy {
+        path: dump.to_path_buf(),
+        source,
+    };
+    let mut out = BufWriter::new(std::fs::File::create(dump).map_err(io_error)?);
+    let mut counts = Vec::new();
+    for name in source.tree_names() {
+        out.write_all(&[DUMP_TREE]).map_err(io_error)?;
+        write_chunk(&mut out, &name).map_err(io_error)?;
+        let mut copied = 0u64;
+        for entry in source.open_tree(&name).map_err(copy_error)?.iter() {
+            let (key, value) = entry.map_err(copy_error)?;
+            out.write_all(&[DUMP_RECORD]).map_err(io_error)?;
+            write_chunk(&mut out, &key).map_err(io_error)?;
+            write_chunk(&mut out, &value).map_err(io_error)?;
+            copied += 1;
+            if copied % COPY_BATCH as u64 == 0 && cancel.load(Ordering::Acquire) {
+                return Err(BackupError::Cancelled(dump.to_path_buf()));
+            }
+        }
+        counts.push((String::from_utf8_lossy(&name).into_owned(), copied));
+    }
+    out.flush().map_err(io_error)?;
+    counts.sort();
+    Ok(counts)
+}
+
+fn write_chunk(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let length = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("a key or value exceeds 4 GiB"))?;
+    out.write_all(&length.to_be_bytes())?;
+    out.write_all(bytes)
+}
+
+fn read_chunk(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut length = [0u8; 4];
+    input.read_exact(&mut length)?;
+    let mut bytes = vec![0u8; u32::from_be_bytes(length) as usize];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Builds a sled database in `dest/db.partial` from a file that
+/// [`dump_trees`] wrote, flushes it, and renames it to `dest/db`.
+fn load_dump(dump: &Path, dest: &Path, cancel: &AtomicBool) -> Result<(), BackupError> {
+    let io_error = |source| BackupError::Io {
+        path: dest.to_path_buf(),
+        source,
+    };
     let copy_error = |source| BackupError::Copy {
         path: dest.to_path_buf(),
         source,
     };
+    let partial = dest.join(PARTIAL_DB_DIR);
     let target = sled::Config::new()
         .path(&partial)
         .flush_every_ms(None)
         .open()
         .map_err(copy_error)?;
 
-    let mut counts = Vec::new();
-    for name in source.tree_names() {
-        let from = source.open_tree(&name).map_err(copy_error)?;
-        let to = target.open_tree(&name).map_err(copy_error)?;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        let mut copied = 0u64;
-        for entry in from.iter() {
-            let (key, value) = entry.map_err(copy_error)?;
-            batch.insert(key, value);
-            in_batch += 1;
-            copied += 1;
-            if in_batch == COPY_BATCH {
-                if cancel.load(Ordering::Acquire) {
-                    return Err(BackupError::Cancelled(dest.to_path_buf()));
-                }
-                to.apply_batch(std::mem::take(&mut batch)).map_err(copy_error)?;
-                in_batch = 0;
+    let mut input = BufReader::new(std::fs::File::open(dump).map_err(io_error)?);
+    let mut tree: Option<sled::Tree> = None;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    loop {
+        let mut marker = [0u8; 1];
+        match input.read_exact(&mut marker) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) => return Err(io_error(error)),
+        }
+        if marker[0] == DUMP_TREE || in_batch == COPY_BATCH {
+            if let Some(tree) = &tree {
+                tree.apply_batch(std::mem::take(&mut batch)).map_err(copy_error)?;
+            }
+            in_batch = 0;
+            if cancel.load(Ordering::Acquire) {
+                return Err(BackupError::Cancelled(dest.to_path_buf()));
             }
         }
-        to.apply_batch(batch).map_err(copy_error)?;
-        counts.push((String::from_utf8_lossy(&name).into_owned(), copied));
+        match marker[0] {
+            DUMP_TREE => {
+                let name = read_chunk(&mut input).map_err(io_error)?;
+                tree = Some(target.open_tree(name).map_err(copy_error)?);
+            }
+            DUMP_RECORD if tree.is_some() => {
+                let key = read_chunk(&mut input).map_err(io_error)?;
+                let value = read_chunk(&mut input).map_err(io_error)?;
+                batch.insert(key, value);
+                in_batch += 1;
+            }
+            other => return Err(io_error(std::io::Error::other(format!("dump file has an invalid marker {other}")))),
+        }
     }
-    counts.sort();
+    if let Some(tree) = &tree {
+        tree.apply_batch(batch).map_err(copy_error)?;
+    }
+    drop(tree);
     target.flush().map_err(copy_error)?;
     drop(target);
     if cancel.load(Ordering::Acquire) {
         return Err(BackupError::Cancelled(dest.to_path_buf()));
     }
 
-    let io_error = |source| BackupError::Io {
-        path: dest.to_path_buf(),
-        source,
-    };
     std::fs::rename(&partial, dest.join(DB_DIR)).map_err(io_error)?;
     std::fs::File::open(dest).and_then(|dir| dir.sync_all()).map_err(io_error)?;
-    Ok(counts)
+    Ok(())
 }
 
 /// Writes a backup into `schedule.dir` every `schedule.every`, and keeps the
@@ -236,6 +339,7 @@ pub async fn back_up_periodically(store: Arc<Store>, schedule: BackupSchedule) {
                 dest = %dest.display(),
                 records = report.records(),
                 millis = report.millis,
+                paused_millis = report.paused_millis,
                 "periodic backup written"
             ),
             Err(error) => {
@@ -333,10 +437,11 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         None => back_up_offline(&args.data_dir, &dest).await?,
     };
     println!(
-        "backup written to {}: {} records in {} ms",
+        "backup written to {}: {} records in {} ms, writes paused for {} ms",
         report.dest.display(),
         report.records(),
-        report.millis
+        report.millis,
+        report.paused_millis
     );
     for (tree, count) in &report.trees {
         println!("  {tree:<16} {count}");
