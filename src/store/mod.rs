@@ -17,7 +17,7 @@
 //! before they return.
 //!
 //! Every write passes a gate ([`Store::begin_write`]) that a backup closes
-//! while it copies, so a backup sees each write whole or not at all. The
+//! while it dumps the records, so a backup sees each write whole or not at all. The
 //! hourly sweeps of expired sessions and old idempotency records skip the
 //! gate: each removes one record that no other record refers to.
 
@@ -86,7 +86,7 @@ pub struct Store {
     /// The open trees; `None` only after a reopen failed, until one succeeds.
     trees: RwLock<Option<Arc<Trees>>>,
     /// Every write holds the read side until its flush returns. A backup
-    /// holds the write side while it copies, so it never sees half a write.
+    /// holds the write side while it dumps the records, so it never sees half a write.
     gate: tokio::sync::RwLock<()>,
     /// False after a write failed and until a later write succeeds; while
     /// false, new message changes are refused with `unavailable`.
