@@ -6,6 +6,9 @@
 //! line; the server applies the change and pushes it to live connections.
 //! While the server is stopped, the CLI opens the database itself and
 //! applies the same change directly.
+//!
+//! The same socket serves `aura backup`: the server writes a consistent
+//! copy of its database into the directory that the request names.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub enum AdminRequest {
     Mute { name: String, until: Option<u64> },
     Disable { name: String, disabled: bool },
     ResetPassword { name: String, password: String },
+    /// Write a backup into `dest`, an absolute path that the server's
+    /// account may create or that is an empty directory.
+    Backup { dest: PathBuf },
 }
 
 /// The answer to an [`AdminRequest`].
@@ -47,6 +53,7 @@ pub enum AdminRequest {
 pub enum AdminResponse {
     Users { users: Vec<UserView> },
     User { user: UserView },
+    Backup { backup: crate::backup::BackupReport },
     Error { error: String },
 }
 
@@ -124,6 +131,7 @@ async fn apply(target: &Target<'_>, request: AdminRequest) -> Result<AdminRespon
             let updated = accounts.reset_password(&operator(), user.id, hash).await?;
             Ok(AdminResponse::User { user: UserView::of(&updated) })
         }
+        AdminRequest::Backup { .. } => Err(ApiError::bad_request("a backup is not a user operation")),
     }
 }
 
@@ -175,6 +183,19 @@ async fn serve_one(app: &App, sequencer: &Sequencer, stream: UnixStream) -> std:
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<AdminRequest>(&line) {
+        Ok(AdminRequest::Backup { dest }) => {
+            tracing::info!(command = "backup", dest = %dest.display(), "admin socket request");
+            match crate::backup::back_up(&app.store, &dest).await {
+                Ok(backup) => {
+                    tracing::info!(dest = %dest.display(), records = backup.records(), millis = backup.millis, paused_millis = backup.paused_millis, "backup written");
+                    AdminResponse::Backup { backup }
+                }
+                Err(error) => {
+                    tracing::error!(%error, dest = %dest.display(), "backup failed");
+                    AdminResponse::Error { error: error.to_string() }
+                }
+            }
+        }
         Ok(request) => {
             tracing::info!(command = ?command_name(&request), "admin socket request");
             let target = Target {
@@ -202,6 +223,7 @@ fn command_name(request: &AdminRequest) -> &'static str {
         AdminRequest::Mute { .. } => "mute",
         AdminRequest::Disable { .. } => "disable",
         AdminRequest::ResetPassword { .. } => "reset-password",
+        AdminRequest::Backup { .. } => "backup",
     }
 }
 

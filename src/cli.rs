@@ -104,6 +104,7 @@ fn print_response(response: AdminResponse) -> anyhow::Result<()> {
             print_user(&user);
             Ok(())
         }
+        AdminResponse::Backup { .. } => bail!("the server answered a user command with a backup report"),
         AdminResponse::Error { error } => bail!("{error}"),
     }
 }
@@ -146,7 +147,13 @@ fn read_password(name: &str) -> anyhow::Result<String> {
 fn format_utc(ms: u64) -> String {
     let minutes = ms / 60_000;
     let (days, minute_of_day) = (minutes / 1440, minutes % 1440);
-    // Civil date from days since 1970-01-01, by Howard Hinnant's algorithm.
+    let (year, month, day) = civil_date(days);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", minute_of_day / 60, minute_of_day % 60)
+}
+
+/// The (year, month, day) of a day counted from 1970-01-01, by Howard
+/// Hinnant's civil-from-days algorithm.
+pub(crate) fn civil_date(days: u64) -> (i64, i64, i64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
@@ -156,7 +163,7 @@ fn format_utc(ms: u64) -> String {
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
     let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", minute_of_day / 60, minute_of_day % 60)
+    (year, month, day)
 }
 
 #[cfg(test)]

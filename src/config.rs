@@ -25,6 +25,41 @@ pub enum Command {
     Serve(ServeArgs),
     /// Manage users, through the running server or directly on a stopped one.
     User(UserArgs),
+    /// Write a consistent copy of the database into a new data directory,
+    /// through the running server or directly from a stopped one.
+    Backup(BackupArgs),
+    /// Check that every record of a stopped server's database decodes and
+    /// that every index agrees with the records; exits 1 on any problem.
+    Verify(VerifyArgs),
+}
+
+/// Flags of `aura backup`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupArgs {
+    /// Directory to create the copy in. It must not exist or be empty; it
+    /// becomes a data directory that `aura serve --data-dir` starts from.
+    pub dest: PathBuf,
+
+    /// Data directory of the server to back up.
+    #[arg(long, env = "AURA_DATA_DIR", default_value = "./aura-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `aura verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Data directory to check, such as a backup. A running server's
+    /// directory is refused: back it up and check the copy.
+    pub dir: PathBuf,
+}
+
+/// Format of the log lines on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, with fields as key=value.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Flags of `aura user`.
@@ -160,6 +195,35 @@ pub struct ServeArgs {
     /// close and queued writes to reach disk.
     #[arg(long, env = "AURA_DRAIN_MS", default_value_t = 10_000)]
     pub drain_ms: u64,
+
+    /// Log line format on standard error: text or json.
+    #[arg(long, env = "AURA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Bearer token that lets any client read GET /metrics. Without it,
+    /// metrics are served only to loopback clients that come without a
+    /// proxy's forwarding header. 16 to 256 visible ASCII characters.
+    #[arg(long, env = "AURA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Free space in MiB that writes leave on the data directory's
+    /// filesystem; below it, sends get `unavailable` before anything is
+    /// written. 0 turns the check off.
+    #[arg(long, env = "AURA_MIN_FREE_MB", default_value_t = 64)]
+    pub min_free_mb: u64,
+
+    /// Directory for periodic backups, each a data directory named
+    /// aura-YYYYMMDD-HHMMSS-mmm (UTC). Unset: no periodic backups.
+    #[arg(long, env = "AURA_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Interval between periodic backups: a number with s, m, h or d, such as 6h.
+    #[arg(long, env = "AURA_BACKUP_EVERY", default_value = "24h", value_parser = parse_interval)]
+    pub backup_every: Duration,
+
+    /// Periodic backups to keep; older ones are deleted.
+    #[arg(long, env = "AURA_BACKUP_KEEP", default_value_t = 7)]
+    pub backup_keep: usize,
 }
 
 /// Errors in flags, each naming the flag and the accepted range.
@@ -178,6 +242,8 @@ pub enum ConfigError {
     SendRate(f64),
     #[error("--public-origin {0:?} is invalid: expected scheme://host[:port] with http or https and no path")]
     PublicOrigin(String),
+    #[error("--metrics-token is invalid: expected 16 to 256 visible ASCII characters")]
+    MetricsToken,
 }
 
 /// The validated configuration that the server runs with.
@@ -214,6 +280,24 @@ pub struct Config {
     pub send_burst: u32,
     /// Send rate limit: refill rate in messages per second.
     pub send_per_second: f64,
+    /// Bearer token that grants GET /metrics from any address.
+    pub metrics_token: Option<String>,
+    /// Free bytes that writes leave on the data directory's filesystem; 0
+    /// turns the check off.
+    pub min_free_bytes: u64,
+    /// Periodic backups, when --backup-dir is set.
+    pub backup: Option<BackupSchedule>,
+}
+
+/// Where, how often and how many periodic backups are written.
+#[derive(Debug, Clone)]
+pub struct BackupSchedule {
+    /// Directory that holds one data directory per backup.
+    pub dir: PathBuf,
+    /// Interval between backups.
+    pub every: Duration,
+    /// Backups kept; older ones are deleted after each new one.
+    pub keep: usize,
 }
 
 impl Config {
@@ -254,6 +338,15 @@ impl ServeArgs {
         if !(0.001..=100_000.0).contains(&self.send_per_second) {
             return Err(ConfigError::SendRate(self.send_per_second));
         }
+        check_range("min-free-mb", self.min_free_mb, 0, 1 << 20)?;
+        check_range("backup-every", self.backup_every.as_secs(), 1, 365 * 24 * 3600)?;
+        check_range("backup-keep", self.backup_keep as u64, 1, 10_000)?;
+        if let Some(token) = &self.metrics_token {
+            let visible = token.bytes().all(|byte| byte.is_ascii_graphic());
+            if !(16..=256).contains(&token.len()) || !visible {
+                return Err(ConfigError::MetricsToken);
+            }
+        }
         let tiers: Vec<String> = self.tiers.iter().map(|tier| tier.trim().to_string()).collect();
         if !valid_tiers(&tiers) {
             return Err(ConfigError::Tiers(self.tiers.join(",")));
@@ -283,8 +376,35 @@ impl ServeArgs {
             tiers,
             send_burst: self.send_burst,
             send_per_second: self.send_per_second,
+            metrics_token: self.metrics_token.clone(),
+            min_free_bytes: self.min_free_mb * 1024 * 1024,
+            backup: self.backup_dir.as_ref().map(|dir| BackupSchedule {
+                dir: dir.clone(),
+                every: self.backup_every,
+                keep: self.backup_keep,
+            }),
         })
     }
+}
+
+/// Parses an interval such as `90s`, `30m`, `6h` or `1d`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let invalid = || format!("{text:?} is not an interval: expected a whole number with s, m, h or d, such as 6h");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(invalid)
 }
 
 fn check_range(flag: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
@@ -357,6 +477,27 @@ mod tests {
         let config = ServeArgs::for_tests("/tmp/x").validate().unwrap();
         assert_eq!(config.tier_rank("elite"), 2);
         assert_eq!(config.tier_rank("platinum"), 0);
+    }
+
+    #[test]
+    fn parse_interval_accepts_units() {
+        assert_eq!(parse_interval("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_interval("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_interval("1d"), Ok(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn parse_interval_rejects_missing_unit() {
+        assert!(parse_interval("6").is_err());
+        assert!(parse_interval("h").is_err());
+        assert!(parse_interval("1.5h").is_err());
+    }
+
+    #[test]
+    fn short_metrics_token_is_rejected() {
+        let mut args = ServeArgs::for_tests("/tmp/x");
+        args.metrics_token = Some("short".into());
+        assert!(matches!(args.validate(), Err(ConfigError::MetricsToken)));
     }
 
     #[test]

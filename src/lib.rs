@@ -20,12 +20,16 @@
 //! - [`error`]: the error type returned to clients.
 //! - [`admin`]: the admin socket and the user operations it serves.
 //! - [`cli`]: the `aura user` command.
+//! - [`backup`]: consistent copies of the database, by command or on a schedule.
+//! - [`verify`]: the `aura verify` check of records and indexes.
+//! - [`metrics`]: the Prometheus metrics at GET /metrics.
 //! - [`assets`]: the embedded web client.
 
 pub mod accounts;
 pub mod admin;
 pub mod assets;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -33,8 +37,10 @@ pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod layout;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod store;
+pub mod verify;

@@ -3,20 +3,17 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use aura::config::{Cli, Command, ServeArgs};
+use aura::config::{Cli, Command, LogFormat, ServeArgs};
 use aura::server::Server;
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(log_format);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -28,6 +25,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::User(args) => runtime.block_on(aura::cli::run(args)),
+        Command::Backup(args) => runtime.block_on(aura::backup::run(args)),
+        Command::Verify(args) => aura::verify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,6 +34,20 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to standard error, at the level RUST_LOG sets (default info). Colour
+/// codes are written only to a terminal, so journald stores clean lines.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ids::{now_ms, Sequencer, COUNTER_BITS, LEASE_SPAN};
+use crate::metrics::{Metrics, Snapshot};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::writer::{self, Writer};
 use crate::store::{Category, Channel, Layout, PostPolicy, Store, NONCE_RETENTION_MS};
@@ -46,6 +47,8 @@ pub struct App {
     pub epoch: String,
     /// Resolves when shutdown begins.
     pub shutdown: Shutdown,
+    /// Counters and histograms served at GET /metrics.
+    pub metrics: Arc<Metrics>,
     /// Next WebSocket connection id.
     next_conn: AtomicU64,
     /// Open HTTP connections and WebSockets, which shutdown waits for.
@@ -74,6 +77,20 @@ impl App {
     /// Issues the next connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reads the values that metrics report as of now.
+    pub fn metrics_snapshot(&self) -> Snapshot {
+        let (websocket_connections, subscriptions) = self.hub.connection_stats();
+        let free = fs2::available_space(&self.config.data_dir).ok();
+        Snapshot {
+            websocket_connections: websocket_connections as i64,
+            subscriptions: subscriptions as i64,
+            write_queue: self.hub.write_queue_depth() as i64,
+            database_bytes: self.store.size_on_disk().map_or(-1, |bytes| bytes as i64),
+            disk_free_bytes: free.map_or(-1, |bytes| bytes as i64),
+            writes_available: self.store.is_healthy(),
+        }
     }
 
     /// Counts a task as active until the guard drops.
@@ -115,7 +132,8 @@ impl Server {
             format!("failed to create data directory {} (--data-dir)", config.data_dir.display())
         })?;
         let config = Arc::new(config);
-        let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?);
+        let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?.with_min_free_bytes(config.min_free_bytes));
+        let metrics = Arc::new(Metrics::new());
 
         let sequencer = Arc::new(resume_sequencer(&store).await?);
         let layout = match store.layout()? {
@@ -136,8 +154,9 @@ impl Server {
             sequencer.clone(),
             accounts.clone(),
             layout,
+            metrics.clone(),
         ));
-        let (writer, handle) = writer::writer(store.clone(), sequencer.clone(), hub.clone());
+        let (writer, handle) = writer::writer(store.clone(), sequencer.clone(), hub.clone(), metrics.clone());
         hub.attach_writer(handle);
 
         let (trigger, shutdown) = shutdown::channel();
@@ -149,6 +168,7 @@ impl Server {
             auth,
             epoch: format!("{:016x}", rand::random::<u64>()),
             shutdown,
+            metrics,
             next_conn: AtomicU64::new(1),
             active: Arc::new(ActiveTasks::default()),
         });
@@ -180,6 +200,11 @@ impl Server {
         let writer_task = tokio::spawn(writer.run(writer_stopped));
         let sweeper = tokio::spawn(sweep_periodically(app.clone()));
         let expirer = tokio::spawn(expire_tiers(app.clone()));
+        let backups = app
+            .config
+            .backup
+            .clone()
+            .map(|schedule| tokio::spawn(crate::backup::back_up_periodically(app.store.clone(), schedule)));
 
         let address = listener.local_addr()?;
         let (messages, users) = app.store.counts();
@@ -203,6 +228,11 @@ impl Server {
         }
         sweeper.abort();
         expirer.abort();
+        if let Some(backups) = backups {
+            // A backup in progress holds the write gate; stopping it drops
+            // the gate and leaves an incomplete copy that the next run removes.
+            backups.abort();
+        }
         let _ = admin.await;
         let _ = writer_stop.send(());
         writer_task.await.context("writer task panicked")?;
@@ -240,6 +270,7 @@ async fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: impl Future<O
 /// Serves HTTP on one TCP connection, ending it gracefully at shutdown.
 async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let guard = app.track_task();
+    app.metrics.tcp_connections.inc();
     let service = service_fn({
         let app = app.clone();
         move |request| crate::http::handle(app.clone(), peer, request)
@@ -258,6 +289,7 @@ async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: So
             log_connection_end(connection.await, peer);
         }
     }
+    app.metrics.tcp_connections.dec();
     drop(guard);
 }
 

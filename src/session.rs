@@ -158,6 +158,9 @@ async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded
         read_task.abort();
     }
     app.hub.unregister_connection(connection.user.id, conn);
+    if code == crate::hub::outbox::CLOSE_TOO_SLOW {
+        app.metrics.slow_consumer_closes.inc();
+    }
     tracing::info!(code, "websocket closed");
 }
 

@@ -58,6 +58,7 @@ async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> 
         (&Method::GET, [""]) => Ok(crate::assets::response("index.html")),
         (&Method::GET, [file]) if crate::assets::exists(file) => Ok(crate::assets::response(file)),
         (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, ["metrics"]) => crate::metrics::respond(app, peer, request.headers()),
         (&Method::GET, ["ws"]) => upgrade(app, peer, request),
         (&Method::POST, ["api", "register"]) => register(app, request).await,
         (&Method::POST, ["api", "session"]) => login(app, request).await,

@@ -43,6 +43,7 @@ impl Hub {
         nonce: &str,
         reply: Reply,
     ) -> Result<SendOutcome, ApiError> {
+        let started = std::time::Instant::now();
         protocol::validate_nonce(nonce)?;
         let content = self.validate_content(content)?;
         let hub = self.readable_channel(user, channel)?;
@@ -88,6 +89,8 @@ impl Hub {
         self.queue(change, completion(reply, Some((nonce, &message))))?;
         self.publish(&mut state, &hub.latest, message.clone());
         drop(state);
+        self.metrics.messages_received.inc();
+        self.metrics.fanout_seconds.observe_duration(started.elapsed());
 
         pending.insert((user.id, nonce.to_string()), (channel, id));
         Ok(SendOutcome::Created(message))
@@ -170,6 +173,7 @@ impl Hub {
         let rev = message.rev;
         state.apply(message);
         Self::broadcast(state, &frame);
+        self.metrics.messages_delivered.inc_by(state.subscribers.len() as u64);
         latest.send_replace(rev);
     }
 

@@ -27,6 +27,7 @@ use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::ids::Sequencer;
+use crate::metrics::Metrics;
 use crate::protocol::{self, message_views, MessageView};
 use crate::store::writer::{CommitListener, WriteRequest, WriterHandle};
 use crate::store::{Layout, Message, Store, StoreError};
@@ -75,6 +76,8 @@ pub struct Hub {
     /// Sends whose nonce is not on disk yet, sharded by user id; the
     /// sled `nonces` tree contains the rest.
     pending_nonces: [Mutex<PendingNonces>; NONCE_SHARDS],
+    /// Message counters and the fan-out latency histogram.
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -85,6 +88,7 @@ impl Hub {
         sequencer: Arc<Sequencer>,
         accounts: Arc<Accounts>,
         layout: Layout,
+        metrics: Arc<Metrics>,
     ) -> Hub {
         Hub {
             config,
@@ -98,6 +102,7 @@ impl Hub {
             channels: RwLock::new(HashMap::new()),
             layout: RwLock::new(Arc::new(layout)),
             pending_nonces: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            metrics,
         }
     }
 
@@ -283,6 +288,19 @@ impl Hub {
         }
     }
 
+    /// Open WebSocket connections and live subscriptions, for metrics.
+    pub fn connection_stats(&self) -> (usize, usize) {
+        let connections = self.connections.lock().values().map(HashMap::len).sum();
+        let channels: Vec<Arc<ChannelHub>> = self.channels.read().values().cloned().collect();
+        let subscriptions = channels.iter().map(|hub| hub.state.lock().subscribers.len()).sum();
+        (connections, subscriptions)
+    }
+
+    /// Requests waiting in the writer's queue, for metrics.
+    pub fn write_queue_depth(&self) -> usize {
+        self.writer.get().map_or(0, WriterHandle::queued)
+    }
+
     fn nonce_shard(&self, user: u64) -> &Mutex<PendingNonces> {
         &self.pending_nonces[(user as usize) % NONCE_SHARDS]
     }
@@ -325,8 +343,10 @@ impl CommitListener for Hub {
             }
             // Subscribers saw the change live, so tell them what is on disk
             // instead: the stored version, or a tombstone for a new message.
+            // After a failure inside sled, its memory may still hold the
+            // failed change itself, which is not on disk.
             let correction = match self.store.message(message.channel, message.id) {
-                Ok(Some(stored)) => stored,
+                Ok(Some(stored)) if stored.rev != message.rev => stored,
                 _ => Message {
                     deleted: true,
                     content: String::new(),

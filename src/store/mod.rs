@@ -15,12 +15,21 @@
 //! Message changes reach disk only through the group-commit [`writer`]. The
 //! rarer account and layout writes go straight to their trees and flush
 //! before they return.
+//!
+//! Every write passes a gate ([`Store::begin_write`]) that a backup closes
+//! while it dumps the records, so a backup sees each write whole or not at all. The
+//! hourly sweeps of expired sessions and old idempotency records skip the
+//! gate: each removes one record that no other record refers to.
 
 pub mod records;
 pub mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
 
 use records::{decode, encode, nonce_key, pair_key, split_pair_key, RecordError};
 pub use records::{Category, Channel, Layout, Message, NonceRecord, PostPolicy, Role, Session, User};
@@ -31,6 +40,17 @@ pub const NONCE_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 const LAYOUT_KEY: &[u8] = b"layout";
 pub(crate) const LEASE_KEY: &[u8] = b"id_lease";
+
+/// How long [`Store::reopen`] waits for reads that still hold the old
+/// handles, in steps: at most 5 s.
+const REOPEN_WAIT_STEPS: u32 = 500;
+const REOPEN_WAIT_STEP: Duration = Duration::from_millis(10);
+
+/// Free space that [`Store::reopen`] requires before it closes the failed
+/// database, in bytes.
+// NOTE: an estimate of what sled's recovery writes for a small database. A
+// large one may need more, and then the reopen fails and is retried later.
+const REOPEN_MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +63,39 @@ pub enum StoreError {
     Record(#[from] RecordError),
     #[error("writes are failing: {0}")]
     Unavailable(String),
+    #[error("only {available} bytes are free on the data directory's filesystem, below the reserve of {reserve} bytes (--min-free-mb): free disk space")]
+    DiskFull { available: u64, reserve: u64 },
 }
 
 /// The open database and its trees.
+///
+/// sled 0.34 fails every write after one I/O error until the database is
+/// opened again, so the trees sit behind a lock that [`Store::reopen`]
+/// swaps. Every write first passes the write gate ([`Store::begin_write`]),
+/// which also keeps the disk reserve.
 #[derive(Debug)]
 pub struct Store {
+    /// The data directory; the database is in its `db` subdirectory.
+    dir: PathBuf,
+    /// sled page cache capacity in bytes, kept for reopening.
+    cache_bytes: u64,
+    /// Bytes that must stay free on the data directory's filesystem: a
+    /// write that starts with less free space fails before sled sees it.
+    /// 0 turns the check off.
+    min_free_bytes: u64,
+    /// The open trees; `None` only after a reopen failed, until one succeeds.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// Every write holds the read side until its flush returns. A backup
+    /// holds the write side while it dumps the records, so it never sees half a write.
+    gate: tokio::sync::RwLock<()>,
+    /// False after a write failed and until a later write succeeds; while
+    /// false, new message changes are refused with `unavailable`.
+    healthy: AtomicBool,
+}
+
+/// One opened sled database and its trees.
+#[derive(Debug)]
+struct Trees {
     db: sled::Db,
     messages: Tree,
     revs: Tree,
@@ -57,40 +105,141 @@ pub struct Store {
     usernames: Tree,
     sessions: Tree,
     meta: Tree,
-    /// False after a write failed and until a later write succeeds; while
-    /// false, new message changes are refused with `unavailable`.
-    healthy: AtomicBool,
+}
+
+/// Opens or creates the database in `<dir>/db`.
+///
+/// sled's periodic background flush is turned off: the writer flushes each
+/// batch itself before acknowledging it.
+fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|error| match error {
+            sled::Error::Io(ref io) if is_lock_conflict(io) => StoreError::Locked {
+                path: dir.display().to_string(),
+            },
+            other => StoreError::Sled(other),
+        })?;
+    Ok(Trees {
+        messages: db.open_tree("messages")?,
+        revs: db.open_tree("revs")?,
+        channel_of: db.open_tree("channel_of")?,
+        nonces: db.open_tree("nonces")?,
+        users: db.open_tree("users")?,
+        usernames: db.open_tree("usernames")?,
+        sessions: db.open_tree("sessions")?,
+        meta: db.open_tree("meta")?,
+        db,
+    })
 }
 
 impl Store {
-    /// Opens or creates the database in `dir`, with a page cache of `cache_bytes`.
-    ///
-    /// sled's periodic background flush is turned off: the writer flushes each
-    /// batch itself before acknowledging it.
+    /// Opens or creates the database in `dir`, with a page cache of
+    /// `cache_bytes` and no disk reserve.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(ref io) if is_lock_conflict(io) => StoreError::Locked {
-                    path: dir.display().to_string(),
-                },
-                other => StoreError::Sled(other),
-            })?;
+        let trees = open_trees(dir, cache_bytes)?;
         Ok(Store {
-            messages: db.open_tree("messages")?,
-            revs: db.open_tree("revs")?,
-            channel_of: db.open_tree("channel_of")?,
-            nonces: db.open_tree("nonces")?,
-            users: db.open_tree("users")?,
-            usernames: db.open_tree("usernames")?,
-            sessions: db.open_tree("sessions")?,
-            meta: db.open_tree("meta")?,
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            min_free_bytes: 0,
+            trees: RwLock::new(Some(Arc::new(trees))),
+            gate: tokio::sync::RwLock::new(()),
             healthy: AtomicBool::new(true),
-            db,
         })
+    }
+
+    /// Sets the free space, in bytes, that writes leave on the filesystem.
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> Store {
+        self.min_free_bytes = bytes;
+        self
+    }
+
+    fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        self.trees
+            .read()
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database is closed after a failed reopen".into()))
+    }
+
+    /// The open sled database, for backups and checks.
+    pub fn db(&self) -> Result<sled::Db, StoreError> {
+        Ok(self.trees()?.db.clone())
+    }
+
+    /// Waits for the write gate, then checks the disk reserve. A write holds
+    /// the returned guard until its flush returns.
+    pub(crate) async fn begin_write(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, StoreError> {
+        let guard = self.gate.read().await;
+        self.check_free_space()?;
+        Ok(guard)
+    }
+
+    /// Waits until no write is in progress and holds off new ones until the
+    /// guard drops, so that the database can be copied as of one moment.
+    pub async fn pause_writes(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().await
+    }
+
+    /// Fails with [`StoreError::DiskFull`] when the data directory's
+    /// filesystem has less than the reserve free.
+    fn check_free_space(&self) -> Result<(), StoreError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        match fs2::available_space(&self.dir) {
+            Ok(available) if available < self.min_free_bytes => Err(StoreError::DiskFull {
+                available,
+                reserve: self.min_free_bytes,
+            }),
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Writes go on: a failing statvfs says nothing about the disk.
+                tracing::debug!(%error, dir = %self.dir.display(), "free space check failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the database and opens it again from disk, dropping whatever
+    /// sled applied in memory but never flushed.
+    ///
+    /// sled 0.34 keeps failing every write after one I/O error (a full disk,
+    /// say), so this is the way back short of a restart. The old handles are
+    /// dropped first, because sled holds a file lock while any is open.
+    /// While the reopen runs, and after it failed, reads and writes fail
+    /// with [`StoreError::Unavailable`].
+    pub async fn reopen(&self) -> Result<(), StoreError> {
+        let _paused = self.gate.write().await;
+        // Opening writes to disk, so a full disk would leave no database to
+        // read from; the old, failed one still serves reads meanwhile.
+        let needed = self.min_free_bytes.max(REOPEN_MIN_FREE_BYTES);
+        match fs2::available_space(&self.dir) {
+            Ok(available) if available < needed => {
+                return Err(StoreError::DiskFull { available, reserve: needed });
+            }
+            _ => {}
+        }
+        let old = self.trees.write().take();
+        if let Some(old) = old {
+            // Readers hold a clone only for the length of one read.
+            for _ in 0..REOPEN_WAIT_STEPS {
+                if Arc::strong_count(&old) == 1 {
+                    break;
+                }
+                tokio::time::sleep(REOPEN_WAIT_STEP).await;
+            }
+            drop(old);
+        }
+        let (dir, cache_bytes) = (self.dir.clone(), self.cache_bytes);
+        let trees = tokio::task::spawn_blocking(move || open_trees(&dir, cache_bytes))
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("reopen task failed: {error}")))??;
+        *self.trees.write() = Some(Arc::new(trees));
+        tracing::info!(dir = %self.dir.display(), "database reopened");
+        Ok(())
     }
 
     /// Whether the last write succeeded.
@@ -104,18 +253,18 @@ impl Store {
 
     /// Flushes everything written so far to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        self.trees()?.db.flush_async().await?;
         Ok(())
     }
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.trees()?.db.size_on_disk()?)
     }
 
     /// The id lease of the previous run, or 0 for a new database.
     pub fn lease(&self) -> Result<u64, StoreError> {
-        Ok(self
+        Ok(self.trees()?
             .meta
             .get(LEASE_KEY)?
             .map(|bytes| decode::<u64>(&bytes))
@@ -125,24 +274,26 @@ impl Store {
 
     /// Writes a new id lease and flushes it.
     pub async fn persist_lease(&self, lease: u64) -> Result<(), StoreError> {
-        self.meta.insert(LEASE_KEY, encode(&lease))?;
+        let _writing = self.begin_write().await?;
+        self.trees()?.meta.insert(LEASE_KEY, encode(&lease))?;
         self.flush().await
     }
 
     /// The stored layout, if the community was set up.
     pub fn layout(&self) -> Result<Option<Layout>, StoreError> {
-        Ok(self.meta.get(LAYOUT_KEY)?.map(|bytes| decode(&bytes)).transpose()?)
+        Ok(self.trees()?.meta.get(LAYOUT_KEY)?.map(|bytes| decode(&bytes)).transpose()?)
     }
 
     /// Replaces the layout and flushes it.
     pub async fn put_layout(&self, layout: &Layout) -> Result<(), StoreError> {
-        self.meta.insert(LAYOUT_KEY, encode(layout))?;
+        let _writing = self.begin_write().await?;
+        self.trees()?.meta.insert(LAYOUT_KEY, encode(layout))?;
         self.flush().await
     }
 
     /// One message by channel and id, tombstones included.
     pub fn message(&self, channel: u64, id: u64) -> Result<Option<Message>, StoreError> {
-        Ok(self
+        Ok(self.trees()?
             .messages
             .get(pair_key(channel, id))?
             .map(|bytes| decode(&bytes))
@@ -151,7 +302,7 @@ impl Store {
 
     /// The channel of a stored message.
     pub fn message_channel(&self, id: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self
+        Ok(self.trees()?
             .channel_of
             .get(id.to_be_bytes())?
             .map(|bytes| decode(&bytes))
@@ -160,7 +311,7 @@ impl Store {
 
     /// The highest rev stored for a channel, or 0 when it has no messages.
     pub fn channel_max_rev(&self, channel: u64) -> Result<u64, StoreError> {
-        let last = self.revs.scan_prefix(channel.to_be_bytes()).next_back().transpose()?;
+        let last = self.trees()?.revs.scan_prefix(channel.to_be_bytes()).next_back().transpose()?;
         Ok(last
             .and_then(|(key, _)| split_pair_key(&key))
             .map_or(0, |(_, rev)| rev))
@@ -179,7 +330,7 @@ impl Store {
         if after >= upto {
             return Ok(Vec::new());
         }
-        let range = self.revs.range(pair_key(channel, after + 1)..=pair_key(channel, upto));
+        let range = self.trees()?.revs.range(pair_key(channel, after + 1)..=pair_key(channel, upto));
         self.collect_changes(channel, range, limit, skip)
     }
 
@@ -196,7 +347,7 @@ impl Store {
         if after >= upto {
             return Ok(Vec::new());
         }
-        let range = self.revs.range(pair_key(channel, after + 1)..=pair_key(channel, upto));
+        let range = self.trees()?.revs.range(pair_key(channel, after + 1)..=pair_key(channel, upto));
         self.collect_changes(channel, range.rev(), limit, skip)
     }
 
@@ -238,7 +389,7 @@ impl Store {
         skip: impl Fn(u64) -> bool,
     ) -> Result<Vec<Message>, StoreError> {
         let mut found = Vec::new();
-        let range = self.messages.range(pair_key(channel, 0)..pair_key(channel, before));
+        let range = self.trees()?.messages.range(pair_key(channel, 0)..pair_key(channel, before));
         for entry in range.rev() {
             if found.len() >= limit {
                 break;
@@ -258,7 +409,7 @@ impl Store {
 
     /// The idempotency record of a user's nonce.
     pub fn nonce(&self, user: u64, nonce: &str) -> Result<Option<NonceRecord>, StoreError> {
-        Ok(self
+        Ok(self.trees()?
             .nonces
             .get(nonce_key(user, nonce))?
             .map(|bytes| decode(&bytes))
@@ -267,12 +418,13 @@ impl Store {
 
     /// Removes idempotency records created before `cutoff_ms` and returns how many.
     pub fn sweep_nonces(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let nonces = self.trees()?.nonces.clone();
         let mut removed = 0;
-        for entry in self.nonces.iter() {
+        for entry in nonces.iter() {
             let (key, bytes) = entry?;
             let record: NonceRecord = decode(&bytes)?;
             if record.created_ms < cutoff_ms {
-                self.nonces.remove(key)?;
+                nonces.remove(key)?;
                 removed += 1;
             }
         }
@@ -281,7 +433,7 @@ impl Store {
 
     /// A user by id.
     pub fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
-        Ok(self
+        Ok(self.trees()?
             .users
             .get(id.to_be_bytes())?
             .map(|bytes| decode(&bytes))
@@ -290,7 +442,7 @@ impl Store {
 
     /// A user by name, without regard to case.
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
-        let Some(id) = self.usernames.get(name.to_ascii_lowercase())? else {
+        let Some(id) = self.trees()?.usernames.get(name.to_ascii_lowercase())? else {
             return Ok(None);
         };
         self.user(decode::<u64>(&id)?)
@@ -298,7 +450,7 @@ impl Store {
 
     /// Every user, in id order.
     pub fn users(&self) -> Result<Vec<User>, StoreError> {
-        self.users
+        self.trees()?.users
             .iter()
             .values()
             .map(|bytes| Ok(decode(&bytes?)?))
@@ -308,41 +460,46 @@ impl Store {
     /// Inserts a new user and flushes. Returns false, writing nothing, when
     /// the name is taken without regard to case.
     pub async fn insert_user(&self, user: &User) -> Result<bool, StoreError> {
+        let _writing = self.begin_write().await?;
         let name_key = user.name.to_ascii_lowercase();
-        let claimed = self
+        let claimed = self.trees()?
             .usernames
             .compare_and_swap(name_key.as_bytes(), None::<&[u8]>, Some(encode(&user.id)))?;
         if claimed.is_err() {
             return Ok(false);
         }
-        self.users.insert(user.id.to_be_bytes(), encode(user))?;
+        self.trees()?.users.insert(user.id.to_be_bytes(), encode(user))?;
         self.flush().await?;
         Ok(true)
     }
 
     /// Replaces a user record and flushes. The name must not change.
     pub async fn put_user(&self, user: &User) -> Result<(), StoreError> {
-        self.users.insert(user.id.to_be_bytes(), encode(user))?;
+        let _writing = self.begin_write().await?;
+        self.trees()?.users.insert(user.id.to_be_bytes(), encode(user))?;
         self.flush().await
     }
 
     /// Removes a user, their name and their sessions, and flushes.
     /// Their messages stay, with the author name they were sent under.
     pub async fn delete_user(&self, user: &User) -> Result<(), StoreError> {
+        let _writing = self.begin_write().await?;
+        let trees = self.trees()?;
         self.remove_sessions_of(user.id)?;
-        self.usernames.remove(user.name.to_ascii_lowercase())?;
-        self.users.remove(user.id.to_be_bytes())?;
+        trees.usernames.remove(user.name.to_ascii_lowercase())?;
+        trees.users.remove(user.id.to_be_bytes())?;
         self.flush().await
     }
 
     /// Removes every session of a user and returns how many; the caller flushes.
     pub fn remove_sessions_of(&self, user: u64) -> Result<usize, StoreError> {
+        let sessions = self.trees()?.sessions.clone();
         let mut removed = 0;
-        for entry in self.sessions.iter() {
+        for entry in sessions.iter() {
             let (key, bytes) = entry?;
             let session: Session = decode(&bytes)?;
             if session.user == user {
-                self.sessions.remove(key)?;
+                sessions.remove(key)?;
                 removed += 1;
             }
         }
@@ -352,19 +509,21 @@ impl Store {
     /// Removes every message of a channel with its index entries, and
     /// flushes. Returns how many messages were removed.
     pub async fn delete_channel_messages(&self, channel: u64) -> Result<usize, StoreError> {
+        let _writing = self.begin_write().await?;
+        let trees = self.trees()?;
         let prefix = channel.to_be_bytes();
         let mut removed = 0;
-        for entry in self.messages.scan_prefix(prefix) {
+        for entry in trees.messages.scan_prefix(prefix) {
             let (key, _) = entry?;
             if let Some((_, id)) = split_pair_key(&key) {
-                self.channel_of.remove(id.to_be_bytes())?;
+                trees.channel_of.remove(id.to_be_bytes())?;
             }
-            self.messages.remove(key)?;
+            trees.messages.remove(key)?;
             removed += 1;
         }
-        for entry in self.revs.scan_prefix(prefix) {
+        for entry in trees.revs.scan_prefix(prefix) {
             let (key, _) = entry?;
-            self.revs.remove(key)?;
+            trees.revs.remove(key)?;
         }
         self.flush().await?;
         Ok(removed)
@@ -372,7 +531,7 @@ impl Store {
 
     /// A session by token hash.
     pub fn session(&self, token_hash: &[u8]) -> Result<Option<Session>, StoreError> {
-        Ok(self
+        Ok(self.trees()?
             .sessions
             .get(token_hash)?
             .map(|bytes| decode(&bytes))
@@ -381,33 +540,39 @@ impl Store {
 
     /// Stores a session and flushes.
     pub async fn put_session(&self, token_hash: &[u8], session: &Session) -> Result<(), StoreError> {
-        self.sessions.insert(token_hash, encode(session))?;
+        let _writing = self.begin_write().await?;
+        self.trees()?.sessions.insert(token_hash, encode(session))?;
         self.flush().await
     }
 
     /// Removes a session and flushes.
     pub async fn remove_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
-        self.sessions.remove(token_hash)?;
+        let _writing = self.begin_write().await?;
+        self.trees()?.sessions.remove(token_hash)?;
         self.flush().await
     }
 
     /// Removes sessions that expired before `now_ms` and returns how many.
     pub fn sweep_sessions(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let sessions = self.trees()?.sessions.clone();
         let mut removed = 0;
-        for entry in self.sessions.iter() {
+        for entry in sessions.iter() {
             let (key, bytes) = entry?;
             let session: Session = decode(&bytes)?;
             if session.expires_ms <= now_ms {
-                self.sessions.remove(key)?;
+                sessions.remove(key)?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
 
-    /// Counts of stored records, for the start-up log.
+    /// Counts of stored records, for the start-up log: (messages, users),
+    /// or zeros while the database is closed.
     pub fn counts(&self) -> (usize, usize) {
-        (self.messages.len(), self.users.len())
+        self.trees()
+            .map(|trees| (trees.messages.len(), trees.users.len()))
+            .unwrap_or((0, 0))
     }
 }
 

@@ -8,7 +8,7 @@
 //! every message in it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::records::{encode, nonce_key, pair_key};
 use super::{Message, NonceRecord, Store, StoreError};
 use crate::ids::Sequencer;
+use crate::metrics::Metrics;
 
 /// Capacity of the writer's queue, in requests. When it is full, new
 /// message changes are refused with `unavailable` and nothing is broadcast.
@@ -73,6 +74,11 @@ pub enum QueueError {
 }
 
 impl WriterHandle {
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
     /// Queues a request without waiting.
     pub fn try_queue(&self, request: WriteRequest) -> Result<(), QueueError> {
         self.sender.try_send(request).map_err(|error| match error {
@@ -88,6 +94,11 @@ pub struct Writer {
     sequencer: Arc<Sequencer>,
     receiver: mpsc::Receiver<WriteRequest>,
     listener: Arc<dyn CommitListener>,
+    metrics: Arc<Metrics>,
+    /// Set when a write failed inside sled, which then fails every later
+    /// write until the database is reopened; a refusal for lack of free
+    /// space leaves it unset.
+    reopen_needed: bool,
 }
 
 /// Creates the writer and the handle that queues to it.
@@ -95,6 +106,7 @@ pub fn writer(
     store: Arc<Store>,
     sequencer: Arc<Sequencer>,
     listener: Arc<dyn CommitListener>,
+    metrics: Arc<Metrics>,
 ) -> (Writer, WriterHandle) {
     let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
     let writer = Writer {
@@ -102,6 +114,8 @@ pub fn writer(
         sequencer,
         receiver,
         listener,
+        metrics,
+        reopen_needed: false,
     };
     (writer, WriterHandle { sender })
 }
@@ -177,6 +191,8 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, changes = changes.len(), "write batch failed; refusing writes until the disk recovers");
+                self.metrics.write_failures.inc();
+                self.reopen_needed |= !matches!(error, StoreError::DiskFull { .. });
                 self.store.set_healthy(false);
                 self.listener.failed(&messages);
             }
@@ -218,7 +234,9 @@ impl Writer {
         }
 
         let store = &self.store;
-        (&store.messages, &store.revs, &store.channel_of, &store.nonces, &store.meta)
+        let _writing = store.begin_write().await?;
+        let trees = store.trees()?;
+        (&trees.messages, &trees.revs, &trees.channel_of, &trees.nonces, &trees.meta)
             .transaction(|(m, r, c, n, t)| {
                 m.apply_batch(&messages)?;
                 r.apply_batch(&revs)?;
@@ -231,7 +249,10 @@ impl Writer {
                 TransactionError::Storage(error) => StoreError::Sled(error),
                 TransactionError::Abort(()) => StoreError::Unavailable("transaction aborted".into()),
             })?;
+        let flush_started = Instant::now();
         store.flush().await?;
+        self.metrics.flush_seconds.observe_duration(flush_started.elapsed());
+        self.metrics.write_batch_size.observe(changes.len() as u64);
 
         if let Some(lease) = lease {
             self.sequencer.lease_persisted(lease);
@@ -239,8 +260,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes and flushes the lease alone, to learn whether the disk works again.
-    async fn probe(&self) {
+    /// Reopens the database when sled failed, then writes and flushes the
+    /// lease alone, to learn whether the disk works again.
+    async fn probe(&mut self) {
+        if self.reopen_needed {
+            if let Err(error) = self.store.reopen().await {
+                tracing::warn!(%error, "database cannot be reopened yet");
+                return;
+            }
+            self.reopen_needed = false;
+        }
         let lease = self.sequencer.last() + crate::ids::LEASE_SPAN;
         match self.store.persist_lease(lease).await {
             Ok(()) => {
@@ -248,7 +277,10 @@ impl Writer {
                 self.store.set_healthy(true);
                 tracing::info!("writes succeed again");
             }
-            Err(error) => tracing::warn!(%error, "disk still failing"),
+            Err(error) => {
+                self.reopen_needed |= !matches!(error, StoreError::DiskFull { .. });
+                tracing::warn!(%error, "disk still failing");
+            }
         }
     }
 }
