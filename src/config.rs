@@ -160,6 +160,16 @@ pub struct ServeArgs {
     /// close and queued writes to reach disk.
     #[arg(long, env = "AURA_DRAIN_MS", default_value_t = 10_000)]
     pub drain_ms: u64,
+
+    /// Time in milliseconds that a user stays online after their last
+    /// connection ends, so that a page reload does not show them offline.
+    #[arg(long, env = "AURA_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
+
+    /// Maximum open WebSocket connections per user, across all tabs and
+    /// devices. The next one is closed at once with code 4029.
+    #[arg(long, env = "AURA_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
 }
 
 /// Errors in flags, each naming the flag and the accepted range.
@@ -214,6 +224,10 @@ pub struct Config {
     pub send_burst: u32,
     /// Send rate limit: refill rate in messages per second.
     pub send_per_second: f64,
+    /// How long a user stays online after their last connection ends.
+    pub presence_grace: Duration,
+    /// Maximum open WebSocket connections per user; at least 1.
+    pub max_connections_per_user: usize,
 }
 
 impl Config {
@@ -251,6 +265,8 @@ impl ServeArgs {
         check_range("session-days", self.session_days, 1, 3650)?;
         check_range("drain-ms", self.drain_ms, 100, 600_000)?;
         check_range("send-burst", self.send_burst as u64, 1, 1_000_000)?;
+        check_range("presence-grace-ms", self.presence_grace_ms, 0, 600_000)?;
+        check_range("max-connections-per-user", self.max_connections_per_user as u64, 1, 100_000)?;
         if !(0.001..=100_000.0).contains(&self.send_per_second) {
             return Err(ConfigError::SendRate(self.send_per_second));
         }
@@ -283,6 +299,8 @@ impl ServeArgs {
             tiers,
             send_burst: self.send_burst,
             send_per_second: self.send_per_second,
+            presence_grace: Duration::from_millis(self.presence_grace_ms),
+            max_connections_per_user: self.max_connections_per_user,
         })
     }
 }

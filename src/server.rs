@@ -18,6 +18,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ids::{now_ms, Sequencer, COUNTER_BITS, LEASE_SPAN};
+use crate::presence::Presence;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::writer::{self, Writer};
 use crate::store::{Category, Channel, Layout, PostPolicy, Store, NONCE_RETENTION_MS};
@@ -39,6 +40,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Every account, with roles and tiers.
     pub accounts: Arc<Accounts>,
+    /// Online users and their connection counts.
+    pub presence: Arc<Presence>,
     /// Accounts and sessions.
     pub auth: Auth,
     /// Random id of this server start, sent in `ready`; a client that sees
@@ -140,12 +143,15 @@ impl Server {
         let (writer, handle) = writer::writer(store.clone(), sequencer.clone(), hub.clone());
         hub.attach_writer(handle);
 
+        let presence = Arc::new(Presence::new(config.clone(), accounts.clone()));
+
         let (trigger, shutdown) = shutdown::channel();
         let app = Arc::new(App {
             config,
             store,
             hub,
             accounts,
+            presence,
             auth,
             epoch: format!("{:016x}", rand::random::<u64>()),
             shutdown,
@@ -164,6 +170,11 @@ impl Server {
         })
     }
 
+    /// Returns the shared state, for tests that inspect the running server.
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
     /// Serves connections from `listener` until `stop` resolves, then shuts
     /// down: stops accepting, closes every WebSocket with 1001, waits for
     /// open connections up to `--drain-ms`, drains the write queue and flushes.
@@ -180,6 +191,7 @@ impl Server {
         let writer_task = tokio::spawn(writer.run(writer_stopped));
         let sweeper = tokio::spawn(sweep_periodically(app.clone()));
         let expirer = tokio::spawn(expire_tiers(app.clone()));
+        let presence = tokio::spawn(app.presence.clone().run());
 
         let address = listener.local_addr()?;
         let (messages, users) = app.store.counts();
@@ -203,6 +215,7 @@ impl Server {
         }
         sweeper.abort();
         expirer.abort();
+        presence.abort();
         let _ = admin.await;
         let _ = writer_stop.send(());
         writer_task.await.context("writer task panicked")?;
