@@ -136,6 +136,7 @@ impl Accounts {
             tier_expires_ms: None,
             muted_until_ms: None,
             disabled: false,
+            invisible: false,
         };
         let inserted = self.store.insert_user(&user).await.map_err(store_error)?;
         if !inserted {
@@ -206,6 +207,23 @@ impl Accounts {
         self.store.put_user(&updated).await.map_err(store_error)?;
         self.store.remove_sessions_of(id).map_err(store_error)?;
         self.store.flush().await.map_err(store_error)?;
+        let updated = Arc::new(updated);
+        self.users.write().insert(id, updated.clone());
+        Ok(updated)
+    }
+
+    /// Sets the user's own "appear offline" choice, stores it and flushes,
+    /// and returns the updated user.
+    pub async fn set_invisible(&self, id: u64, invisible: bool) -> Result<Arc<User>, ApiError> {
+        let target = self.get(id).ok_or_else(ApiError::unauthorized)?;
+        if target.invisible == invisible {
+            return Ok(target);
+        }
+        let updated = User {
+            invisible,
+            ..(*target).clone()
+        };
+        self.store.put_user(&updated).await.map_err(store_error)?;
         let updated = Arc::new(updated);
         self.users.write().insert(id, updated.clone());
         Ok(updated)

@@ -224,6 +224,15 @@ pub struct ServeArgs {
     /// Periodic backups to keep; older ones are deleted.
     #[arg(long, env = "AURA_BACKUP_KEEP", default_value_t = 7)]
     pub backup_keep: usize,
+    /// Time in milliseconds that a user stays online after their last
+    /// connection ends, so that a page reload does not show them offline.
+    #[arg(long, env = "AURA_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
+
+    /// Maximum open WebSocket connections per user, across all tabs and
+    /// devices. The next one is closed at once with code 4029.
+    #[arg(long, env = "AURA_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
 }
 
 /// Errors in flags, each naming the flag and the accepted range.
@@ -280,6 +289,10 @@ pub struct Config {
     pub send_burst: u32,
     /// Send rate limit: refill rate in messages per second.
     pub send_per_second: f64,
+    /// How long a user stays online after their last connection ends.
+    pub presence_grace: Duration,
+    /// Maximum open WebSocket connections per user; at least 1.
+    pub max_connections_per_user: usize,
     /// Bearer token that grants GET /metrics from any address.
     pub metrics_token: Option<String>,
     /// Free bytes that writes leave on the data directory's filesystem; 0
@@ -335,6 +348,8 @@ impl ServeArgs {
         check_range("session-days", self.session_days, 1, 3650)?;
         check_range("drain-ms", self.drain_ms, 100, 600_000)?;
         check_range("send-burst", self.send_burst as u64, 1, 1_000_000)?;
+        check_range("presence-grace-ms", self.presence_grace_ms, 0, 600_000)?;
+        check_range("max-connections-per-user", self.max_connections_per_user as u64, 1, 100_000)?;
         if !(0.001..=100_000.0).contains(&self.send_per_second) {
             return Err(ConfigError::SendRate(self.send_per_second));
         }
@@ -383,6 +398,8 @@ impl ServeArgs {
                 every: self.backup_every,
                 keep: self.backup_keep,
             }),
+            presence_grace: Duration::from_millis(self.presence_grace_ms),
+            max_connections_per_user: self.max_connections_per_user,
         })
     }
 }

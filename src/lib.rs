@@ -11,6 +11,8 @@
 //! - [`http`]: HTTP routing, the API handlers and the WebSocket upgrade.
 //! - [`session`]: one WebSocket connection, its reader and writer.
 //! - [`hub`]: channels, subscriptions, fan-out and the message write path.
+//! - [`presence`]: who is online, pushed as coalesced deltas, and the
+//!   per-user connection cap.
 //! - [`store`]: the sled trees, record encoding and the group-commit writer.
 //! - [`accounts`]: the user directory, roles, tiers and user changes.
 //! - [`layout`]: structure changes: categories, channels, moves.
@@ -38,6 +40,7 @@ pub mod hub;
 pub mod ids;
 pub mod layout;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -53,6 +53,12 @@ pub enum ClientOp {
         limit: Option<usize>,
     },
     Heartbeat,
+    Typing {
+        channel: Id,
+    },
+    SetPresence {
+        invisible: bool,
+    },
 }
 
 impl ClientOp {
@@ -66,6 +72,8 @@ impl ClientOp {
             ClientOp::Delete { .. } => "delete",
             ClientOp::History { .. } => "history",
             ClientOp::Heartbeat => "heartbeat",
+            ClientOp::Typing { .. } => "typing",
+            ClientOp::SetPresence { .. } => "set_presence",
         }
     }
 
@@ -114,6 +122,9 @@ pub struct UserView {
     /// Until when the user may not send, ms since the Unix epoch.
     pub muted_until: Option<u64>,
     pub disabled: bool,
+    /// Whether the user chose to appear offline to others.
+    #[serde(default)]
+    pub invisible: bool,
 }
 
 impl UserView {
@@ -126,6 +137,7 @@ impl UserView {
             tier_expires_at: user.tier_expires_ms,
             muted_until: user.muted_until_ms,
             disabled: user.disabled,
+            invisible: user.invisible,
         }
     }
 }

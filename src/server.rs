@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::ids::{now_ms, Sequencer, COUNTER_BITS, LEASE_SPAN};
 use crate::metrics::{Metrics, Snapshot};
+use crate::presence::Presence;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::writer::{self, Writer};
 use crate::store::{Category, Channel, Layout, PostPolicy, Store, NONCE_RETENTION_MS};
@@ -40,6 +41,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Every account, with roles and tiers.
     pub accounts: Arc<Accounts>,
+    /// Online users and their connection counts.
+    pub presence: Arc<Presence>,
     /// Accounts and sessions.
     pub auth: Auth,
     /// Random id of this server start, sent in `ready`; a client that sees
@@ -159,12 +162,15 @@ impl Server {
         let (writer, handle) = writer::writer(store.clone(), sequencer.clone(), hub.clone(), metrics.clone());
         hub.attach_writer(handle);
 
+        let presence = Arc::new(Presence::new(config.clone(), accounts.clone()));
+
         let (trigger, shutdown) = shutdown::channel();
         let app = Arc::new(App {
             config,
             store,
             hub,
             accounts,
+            presence,
             auth,
             epoch: format!("{:016x}", rand::random::<u64>()),
             shutdown,
@@ -182,6 +188,11 @@ impl Server {
             sequencer,
             admin_socket,
         })
+    }
+
+    /// Returns the shared state, for tests that inspect the running server.
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
     }
 
     /// Serves connections from `listener` until `stop` resolves, then shuts
@@ -205,6 +216,7 @@ impl Server {
             .backup
             .clone()
             .map(|schedule| tokio::spawn(crate::backup::back_up_periodically(app.store.clone(), schedule)));
+        let presence = tokio::spawn(app.presence.clone().run());
 
         let address = listener.local_addr()?;
         let (messages, users) = app.store.counts();
@@ -233,6 +245,7 @@ impl Server {
             // the gate and leaves an incomplete copy that the next run removes.
             backups.abort();
         }
+        presence.abort();
         let _ = admin.await;
         let _ = writer_stop.send(());
         writer_task.await.context("writer task panicked")?;

@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::hub::{CloseSignal, ConnHandle, Identity, Outbox, Reply, CLOSE_ACCOUNT_ENDED};
 use crate::ids::now_ms;
+use crate::presence::{ConnectionSlot, Ids, CLOSE_TOO_MANY_CONNECTIONS};
 use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, UserView};
 use crate::server::App;
 
@@ -87,10 +88,22 @@ struct Connection {
     last_seen: AtomicU64,
     /// Permits for writes in flight: `--send-queue` / [`IN_FLIGHT_SHARE`].
     in_flight: Arc<Semaphore>,
+    /// The connection's count in the user's presence; taken, which ends the
+    /// count, as soon as the connection is known to be dead.
+    presence_slot: Mutex<Option<ConnectionSlot>>,
 }
 
-/// Runs a WebSocket connection until it closes. `refusal` closes it at once
-/// with 1008 and that reason, for a client that failed authentication.
+impl Connection {
+    /// Stops counting this connection towards the user being online. Safe
+    /// to call more than once.
+    fn end_presence(&self) {
+        drop(self.presence_slot.lock().take());
+    }
+}
+
+/// Runs a WebSocket connection until it closes. An `Err` user, a client
+/// that failed authentication, is closed at once with 1008 and that reason.
+/// A connection over `--max-connections-per-user` is closed at once with 4029.
 pub async fn run(
     app: Arc<App>,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
@@ -115,14 +128,29 @@ pub async fn run(
                 return;
             }
         };
+        let slot = match app.presence.claim(user.id) {
+            Ok(slot) => slot,
+            Err(error) => {
+                tracing::info!(%error, "websocket rejected");
+                let reason = close_reason(CLOSE_TOO_MANY_CONNECTIONS);
+                let _ = socket.write_frame(Frame::close(CLOSE_TOO_MANY_CONNECTIONS, reason.as_bytes())).await;
+                return;
+            }
+        };
         tracing::info!("websocket connected");
-        serve(app, socket, user, conn).await;
+        serve(app, socket, user, conn, slot).await;
     }
     .instrument(span)
     .await
 }
 
-async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded>>, user: Identity, conn: u64) {
+async fn serve(
+    app: Arc<App>,
+    socket: fastwebsockets::WebSocket<TokioIo<Upgraded>>,
+    user: Identity,
+    conn: u64,
+    slot: ConnectionSlot,
+) {
     // Frames go through a buffer that the writer flushes when its queue is empty.
     let (read_half, write_half) = tokio::io::split(socket.into_inner());
     let (mut reader, mut writer) =
@@ -146,13 +174,19 @@ async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded
         close,
         last_seen: AtomicU64::new(now_ms()),
         in_flight: Arc::new(Semaphore::new((app.config.send_queue / IN_FLIGHT_SHARE).max(1))),
+        presence_slot: Mutex::new(Some(slot)),
     });
-    connection.handle.outbox.push(ready_frame(&connection));
+    app.presence
+        .attach(conn, &connection.handle.outbox, |online| ready_frame(&connection, online));
     app.hub.register_connection(connection.user.id, handle);
 
     let (control_sender, control_receiver) = mpsc::channel(CONTROL_QUEUE);
     let mut read_task = tokio::spawn(read_loop(connection.clone(), reader, control_sender).in_current_span());
     let code = write_loop(&connection, &mut writer, frames, control_receiver).await;
+    // The connection is dead or closing: it stops counting now, not after
+    // the reader has finished.
+    connection.end_presence();
+    app.presence.detach(conn);
 
     if tokio::time::timeout(CLOSE_GRACE, &mut read_task).await.is_err() {
         read_task.abort();
@@ -164,8 +198,9 @@ async fn serve(app: Arc<App>, socket: fastwebsockets::WebSocket<TokioIo<Upgraded
     tracing::info!(code, "websocket closed");
 }
 
-/// The first frame: epoch, user, heartbeat interval and layout.
-fn ready_frame(connection: &Connection) -> Bytes {
+/// Builds the first frame: epoch, user, heartbeat interval, layout and the
+/// users shown online.
+fn ready_frame(connection: &Connection, online: &[u64]) -> Bytes {
     let app = &connection.app;
     let user = app.accounts.get(connection.user.id).map(|user| UserView::of(&user));
     encode_frame(&serde_json::json!({
@@ -174,6 +209,7 @@ fn ready_frame(connection: &Connection) -> Bytes {
         "user": user,
         "heartbeat_ms": app.config.heartbeat.as_millis() as u64,
         "layout": app.hub.layout_for(&connection.user),
+        "presence": {"online": Ids(online)},
     }))
 }
 
@@ -218,6 +254,9 @@ async fn write_loop(
                 let silent_ms = now_ms().saturating_sub(connection.last_seen.load(Ordering::Acquire));
                 if silent_ms > heartbeat_timeout.as_millis() as u64 {
                     tracing::info!(silent_ms, "heartbeat timed out");
+                    // The peer may be gone without a FIN, so the close
+                    // frame below can stall: stop counting it first.
+                    connection.end_presence();
                     return close_socket(writer, CLOSE_HEARTBEAT_TIMEOUT).await;
                 }
             }
@@ -275,6 +314,7 @@ fn close_reason(code: u16) -> &'static str {
         crate::hub::outbox::CLOSE_TOO_SLOW => "too slow: resume with subscribe after your last rev",
         CLOSE_ACCOUNT_ENDED => "account disabled or deleted",
         CLOSE_HEARTBEAT_TIMEOUT => "heartbeat timeout",
+        CLOSE_TOO_MANY_CONNECTIONS => "too many connections for this user: close another tab or device first",
         _ => "",
     }
 }
@@ -415,6 +455,11 @@ async fn handle_text(connection: &Connection, text: &str) {
         }
         ClientOp::Edit { id, content } => (hub.edit(&user, id.0, &content, reply().await).map(|_| ()), None),
         ClientOp::Delete { id } => (hub.delete(&user, id.0, reply().await).map(|_| ()), None),
+        ClientOp::Typing { channel } => (hub.typing(&user, channel.0), None),
+        ClientOp::SetPresence { invisible } => {
+            let result = crate::presence::set_invisible(&connection.app, user.id, invisible).await;
+            (result.map(|_| ()), None)
+        }
         ClientOp::History { channel, before, limit } => {
             let result = hub
                 .history(&user, channel.0, before.map(|id| id.0), page_limit(limit))

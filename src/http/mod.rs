@@ -6,6 +6,7 @@
 //! allowed Origin; bearer-token clients need none.
 
 mod admin;
+mod presence;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> 
         (&Method::DELETE, ["api", "session"]) => logout(app, request).await,
         (&Method::GET, ["api", "me"]) => me(app, &request),
         (&Method::GET, ["api", "layout"]) => layout(app, &request),
+        (&Method::GET, ["api", "presence"]) => presence::online(app, &request),
+        (&Method::PUT, ["api", "presence"]) => presence::set(app, request).await,
         (&Method::GET, ["api", "channels", channel, "messages"]) => {
             let channel = parse_id(channel)?;
             poll_messages(app, request, channel).await
@@ -216,9 +219,20 @@ async fn poll_messages(app: &App, request: Request<Incoming>, channel: u64) -> R
             if wait > MAX_WAIT_SECS {
                 return Err(ApiError::bad_request(format!("wait is {wait}, expected 0 to {MAX_WAIT_SECS} seconds")));
             }
-            app.hub
+            // A long poll keeps its user online, from its start and again
+            // from its end.
+            let long_poll = query.wait.is_some();
+            if long_poll {
+                app.presence.poll_seen(user.id);
+            }
+            let changes = app
+                .hub
                 .changes_after(&user, channel, after.0, limit, Duration::from_secs(wait), app.shutdown.clone())
-                .await?
+                .await?;
+            if long_poll {
+                app.presence.poll_seen(user.id);
+            }
+            changes
         }
         None => app.hub.history(&user, channel, query.before.map(|id| id.0), limit)?,
     };

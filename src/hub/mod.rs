@@ -15,6 +15,7 @@ mod access;
 mod channel;
 mod messages;
 pub mod outbox;
+mod typing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -35,6 +36,7 @@ pub use access::{ConnHandle, CLOSE_ACCOUNT_ENDED};
 use channel::ChannelState;
 pub use messages::{Reply, SendOutcome};
 pub use outbox::{CloseSignal, ConnId, Outbox};
+pub use typing::TYPING_INTERVAL;
 
 /// Number of shards of the pending-nonce map.
 const NONCE_SHARDS: usize = 16;
@@ -66,6 +68,8 @@ pub struct Hub {
     /// Send rate-limit buckets by user id; one entry per user who sent
     /// since start-up.
     send_buckets: Mutex<HashMap<u64, access::Bucket>>,
+    /// When each user last had a typing frame relayed, per channel.
+    typing: Mutex<typing::TypingThrottle>,
     /// The writer's queue; set once at start-up, because the writer needs
     /// the hub as its listener.
     writer: OnceLock<WriterHandle>,
@@ -98,6 +102,7 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             layout_write: tokio::sync::Mutex::new(()),
             send_buckets: Mutex::new(HashMap::new()),
+            typing: Mutex::new(typing::TypingThrottle::default()),
             writer: OnceLock::new(),
             channels: RwLock::new(HashMap::new()),
             layout: RwLock::new(Arc::new(layout)),

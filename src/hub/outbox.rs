@@ -9,6 +9,11 @@ use tokio::sync::{mpsc, Notify};
 /// Close code for a connection that cannot keep up with its frames.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 
+/// Share of the outbound queue, as a fraction, above which droppable
+/// frames (presence, typing) are skipped, keeping the rest of the queue for
+/// message frames.
+pub const DROPPABLE_FILL_LIMIT: f64 = 0.5;
+
 /// Identifies one WebSocket connection for the life of the process.
 pub type ConnId = u64;
 
@@ -17,7 +22,9 @@ pub type ConnId = u64;
 /// The queue holds `--send-queue` frames. When it is full the frame is not
 /// queued and the connection is closed with [`CLOSE_TOO_SLOW`]: the client
 /// then resumes with `subscribe` after its last rev, so nothing is skipped
-/// silently.
+/// silently. Presence and typing frames go through
+/// [`Outbox::push_droppable`] instead, which skips them once the queue is
+/// [`DROPPABLE_FILL_LIMIT`] full, so they never cause that close.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     /// The connection's id, for logs and subscriber maps.
@@ -102,8 +109,41 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame that the client can do without, such as presence or
+    /// typing. Returns false, and closes nothing, when the queue is more
+    /// than [`DROPPABLE_FILL_LIMIT`] full or the connection has ended: the
+    /// frame is then dropped, and the caller decides whether to make up for
+    /// it later.
+    pub fn push_droppable(&self, frame: Bytes) -> bool {
+        let queued = self.sender.max_capacity() - self.sender.capacity();
+        if queued as f64 > self.sender.max_capacity() as f64 * DROPPABLE_FILL_LIMIT {
+            return false;
+        }
+        self.sender.try_send(frame).is_ok()
+    }
+
     /// Asks the connection to close with `code`.
     pub fn close(&self, code: u16) {
         self.close.request(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_droppable_keeps_half_for_messages() {
+        let (outbox, _frames, close) = Outbox::new(1, 16);
+        let mut accepted = 0;
+        while outbox.push_droppable(Bytes::from_static(b"{}")) {
+            accepted += 1;
+            assert!(accepted <= 16, "droppable pushes stop before the queue is full");
+        }
+        assert_eq!(accepted, 9, "droppable frames fill the queue to just over half");
+        for _ in accepted..16 {
+            assert!(outbox.push(Bytes::from_static(b"{}")), "message frames still fit");
+        }
+        assert_eq!(close.code(), None, "skipping droppable frames closes nothing");
     }
 }

@@ -159,6 +159,9 @@ pub struct User {
     pub muted_until_ms: Option<u64>,
     /// A disabled user cannot log in and has no sessions.
     pub disabled: bool,
+    /// "Appear offline": other users see this user offline while they are
+    /// connected. Set by the user only.
+    pub invisible: bool,
 }
 
 /// A login session, stored under the SHA-256 hash of its token.
