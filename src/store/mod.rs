@@ -253,7 +253,13 @@ impl Store {
 
     /// Flushes everything written so far to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.trees()?.db.flush_async().await?;
+        // sled 0.34's flush_async waits on its own I/O thread pool, and seven
+        // concurrent calls can occupy every thread of that pool and hang for
+        // good. A blocking flush on tokio's blocking pool cannot starve it.
+        let db = self.trees()?.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("flush task failed: {error}")))??;
         Ok(())
     }
 
