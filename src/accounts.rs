@@ -143,7 +143,19 @@ impl Accounts {
             return Err(ApiError::new(ErrorCode::Conflict, format!("username {name:?} is taken")));
         }
         self.users.write().insert(user.id, Arc::new(user.clone()));
+        if role == Role::Admin {
+            self.remove_setup_code_file();
+        }
         Ok(user)
+    }
+
+    /// Removes the first-admin setup code file once an admin exists; the
+    /// registration path also stops accepting the code.
+    fn remove_setup_code_file(&self) {
+        let path = self.config.data_dir.join(crate::auth::SETUP_CODE_FILE);
+        if std::fs::remove_file(&path).is_ok() {
+            tracing::info!(path = %path.display(), "an admin exists; setup code removed");
+        }
     }
 
     /// A user by name, without regard to case.
@@ -170,6 +182,9 @@ impl Accounts {
         self.store.put_user(&updated).await.map_err(store_error)?;
         let updated = Arc::new(updated);
         self.users.write().insert(id, updated.clone());
+        if updated.role == Role::Admin && !updated.disabled {
+            self.remove_setup_code_file();
+        }
         if patch.tier_expires_at.is_some() || patch.tier.is_some() {
             self.expiry_changed.notify_one();
         }

@@ -129,7 +129,14 @@ impl Auth {
     }
 
     async fn check_setup_code(&self, presented: &str) -> Result<(), ApiError> {
-        let code = self.setup_code.lock().await;
+        let mut code = self.setup_code.lock().await;
+        // An admin created another way (`aura user add --role admin`) spends the code too.
+        if code.is_some() && self.accounts.admin_exists() {
+            *code = None;
+            self.admin_exists.store(true, Ordering::Release);
+            let _ = std::fs::remove_file(setup_code_path(&self.config));
+            tracing::info!("an admin exists; setup code removed");
+        }
         match code.as_deref() {
             Some(expected) if constant_time_eq(expected.as_bytes(), presented.trim().as_bytes()) => Ok(()),
             _ => Err(ApiError::forbidden("setup code is invalid or already used")),
