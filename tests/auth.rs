@@ -445,3 +445,19 @@ async fn closed_registration_allows_only_setup_code() {
     assert_eq!(body["user"]["role"], "admin", "the setup code still makes an admin: {body}");
     server.stop().await;
 }
+
+/// sled 0.34's asynchronous flush could hang for good when seven or more
+/// ran at once; every login flushes, so a burst of logins must all finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_all_complete() {
+    let server = TestServer::start().await;
+    Client::admin(&server, "root").await;
+    let logins = (0..32).map(|_| login_raw(&server, "root", PASSWORD));
+    let responses = tokio::time::timeout(TIMEOUT * 6, futures_util::future::join_all(logins))
+        .await
+        .expect("32 concurrent logins finish instead of hanging");
+    for response in responses {
+        assert_eq!(response.status(), 200, "every concurrent login succeeds");
+    }
+    server.stop().await;
+}
