@@ -7,7 +7,7 @@
 //! scripts to those names. A script's bytes include the hashed names of
 //! the modules it imports, so a change to one module renames it and every
 //! module that imports it, directly or not. Hashed files never change, so
-//! browsers may cache them for a year; index.html is revalidated on every
+//! browsers may cache them for a year. index.html is revalidated on every
 //! load, so a new release reaches browsers at once.
 
 use std::collections::HashMap;
@@ -24,12 +24,31 @@ use sha2::{Digest, Sha256};
 const FILES: &[(&str, &str, &[u8])] = &[
     ("index.html", HTML, include_bytes!("../assets/index.html")),
     ("style.css", CSS, include_bytes!("../assets/style.css")),
+    ("favicon.svg", SVG, include_bytes!("../assets/favicon.svg")),
     ("app.js", JS, include_bytes!("../assets/app.js")),
+    ("admin.js", JS, include_bytes!("../assets/admin.js")),
+    ("api.js", JS, include_bytes!("../assets/api.js")),
+    ("auth.js", JS, include_bytes!("../assets/auth.js")),
+    ("composer.js", JS, include_bytes!("../assets/composer.js")),
+    ("connection.js", JS, include_bytes!("../assets/connection.js")),
+    ("dialogs.js", JS, include_bytes!("../assets/dialogs.js")),
+    ("dom.js", JS, include_bytes!("../assets/dom.js")),
+    ("messages.js", JS, include_bytes!("../assets/messages.js")),
+    ("model.js", JS, include_bytes!("../assets/model.js")),
+    ("outbox.js", JS, include_bytes!("../assets/outbox.js")),
+    ("presence.js", JS, include_bytes!("../assets/presence.js")),
+    ("render.js", JS, include_bytes!("../assets/render.js")),
+    ("richtext.js", JS, include_bytes!("../assets/richtext.js")),
+    ("sidebar.js", JS, include_bytes!("../assets/sidebar.js")),
+    ("state.js", JS, include_bytes!("../assets/state.js")),
+    ("storage.js", JS, include_bytes!("../assets/storage.js")),
+    ("util.js", JS, include_bytes!("../assets/util.js")),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// Cache policy of the hashed files, whose content never changes.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -51,7 +70,7 @@ fn assets() -> &'static Assets {
     ASSETS.get_or_init(build)
 }
 
-/// The served name of the embedded file `name`, such as `app.1a2b3c4d5e6f.js`.
+/// Returns the served name of the embedded file `name`, such as `app.1a2b3c4d5e6f.js`.
 pub fn hashed_name(name: &str) -> Option<String> {
     assets()
         .files
@@ -60,12 +79,12 @@ pub fn hashed_name(name: &str) -> Option<String> {
         .cloned()
 }
 
-/// A response with index.html, revalidated on every load (`no-cache`).
+/// Builds the response with index.html, revalidated on every load (`no-cache`).
 pub fn index_response() -> Response<Full<Bytes>> {
     build_response(HTML, assets().index.clone(), "no-cache")
 }
 
-/// A response with the hashed file `name`, or None when no file has that name.
+/// Builds the response with the hashed file `name`, or None when no file has that name.
 pub fn response(name: &str) -> Option<Response<Full<Bytes>>> {
     let (content_type, bytes) = assets().files.get(name)?;
     Some(build_response(content_type, bytes.clone(), IMMUTABLE))
@@ -124,7 +143,7 @@ fn resolve(name: &'static str, served: &mut HashMap<&'static str, (String, Vec<u
     served.insert(name, (hashed_file_name(name, &bytes), bytes));
 }
 
-/// The embedded scripts that `name` references as `'./<script>'`.
+/// Lists the embedded scripts that `name` references as `'./<script>'`.
 fn imports(name: &str) -> Vec<&'static str> {
     let text = source(name);
     FILES
