@@ -92,8 +92,8 @@ function recordRev(cache, rev) {
   cache.epoch = state.epoch;
 }
 
-// Remembers author names for the presence list, which shows only names the
-// page knows.
+// Remembers author names for the presence list, which shows only the names
+// the page has seen.
 function learnAuthor(message) {
   const id = message.author?.id;
   const name = message.author?.name;
@@ -185,8 +185,8 @@ export function trimOldest(cache, count) {
   if (dropped.length > 0) cache.hasOlder = true;
 }
 
-// Bounds a channel that is not on screen; the message view bounds the
-// selected one itself, so that it never removes what the reader sees.
+// Bounds a channel that is not on screen. The message view bounds the
+// selected one itself, so that it never removes a message in view.
 export function trimHiddenChannel(cache) {
   if (cache.key === state.selectedChannelKey) return;
   const excess = sortedMessages(cache).length - WINDOW_SIZE;

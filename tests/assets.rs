@@ -6,7 +6,7 @@ mod common;
 
 use common::{http, TestServer};
 
-/// The `"/name"` references of index.html that match `prefix` and `suffix`.
+/// Returns the `"/name"` references of index.html that match `prefix` and `suffix`.
 fn references(index: &str, prefix: &str, suffix: &str) -> Vec<String> {
     index
         .split('"')
