@@ -331,7 +331,25 @@ export function closeDrawer() {
   dom.sidebarToggle.setAttribute('aria-expanded', 'false');
 }
 
+// Selects the previous (-1) or next (+1) readable channel in sidebar order,
+// for Alt+Up and Alt+Down.
+function selectNeighbour(step) {
+  const readable = (state.layout?.categories ?? [])
+    .flatMap((category) => category.channels ?? [])
+    .filter((channel) => !channel.locked);
+  if (readable.length === 0) return;
+  const current = readable.findIndex((channel) => String(channel.id) === state.selectedChannelKey);
+  const next = readable[(current + step + readable.length) % readable.length];
+  selectChannel(String(next.id));
+}
+
 export function bindSidebarEvents() {
+  document.addEventListener('keydown', (event) => {
+    if (!state.user || !event.altKey || event.ctrlKey || event.metaKey || dom.dialog.open) return;
+    if (event.key !== 'ArrowUp' && event.key !== 'ArrowDown') return;
+    event.preventDefault();
+    selectNeighbour(event.key === 'ArrowUp' ? -1 : 1);
+  });
   dom.sidebarToggle.addEventListener('click', () => {
     if (dom.sidebar.classList.contains('open')) closeDrawer();
     else openDrawer();
