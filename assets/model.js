@@ -197,6 +197,19 @@ export function isOwnMessage(message) {
   return Boolean(message.author && state.user) && String(message.author.id) === String(state.user.id);
 }
 
+// Whether a message mentions the user, remembered per message object
+// because the sidebar asks again on every change. An edit stores a new object.
+const mentionCache = new WeakMap(); // message -> {name, mentions}
+
+function mentionsMe(message) {
+  const name = state.user?.name;
+  const cached = mentionCache.get(message);
+  if (cached && cached.name === name) return cached.mentions;
+  const mentions = mentionsUser(message.content, name);
+  mentionCache.set(message, { name, mentions });
+  return mentions;
+}
+
 // Unread messages from others after the device's read marker, and how many
 // of them mention the user.
 export function unreadCounts(cache) {
@@ -206,7 +219,7 @@ export function unreadCounts(cache) {
   for (const message of cache.messages.values()) {
     if (message.deleted || isOwnMessage(message) || compareIds(message.id, cache.lastRead) <= 0) continue;
     unread += 1;
-    if (mentionsUser(message.content, state.user?.name)) mentions += 1;
+    if (mentionsMe(message)) mentions += 1;
   }
   return { unread, mentions };
 }
