@@ -208,6 +208,7 @@ fn ready_frame(connection: &Connection, online: &[u64]) -> Bytes {
         "epoch": app.epoch,
         "user": user,
         "heartbeat_ms": app.config.heartbeat.as_millis() as u64,
+        "max_message_chars": app.config.max_message_chars,
         "layout": app.hub.layout_for(&connection.user),
         "presence": {"online": Ids(online)},
     }))

@@ -55,9 +55,13 @@ async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> 
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
 
+    if let (&Method::GET, [file]) = (&method, segments.as_slice()) {
+        if let Some(response) = crate::assets::response(file) {
+            return Ok(response);
+        }
+    }
     match (&method, segments.as_slice()) {
-        (&Method::GET, [""]) => Ok(crate::assets::response("index.html")),
-        (&Method::GET, [file]) if crate::assets::exists(file) => Ok(crate::assets::response(file)),
+        (&Method::GET, [""] | ["index.html"]) => Ok(crate::assets::index_response()),
         (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, ["metrics"]) => crate::metrics::respond(app, peer, request.headers()),
         (&Method::GET, ["ws"]) => upgrade(app, peer, request),

@@ -360,3 +360,39 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aura"))
 }
 pub mod raw;
+
+impl TestServer {
+    /// Starts a server on an existing data directory, listening on `addr`,
+    /// such as the address of a server that was just stopped, so clients
+    /// reconnect to the same URL. Retries the bind for a few seconds while
+    /// the old listener is still closing.
+    pub async fn start_on(dir: tempfile::TempDir, addr: SocketAddr) -> TestServer {
+        let mut args = ServeArgs::for_tests(dir.path());
+        args.send_burst = 1_000_000;
+        args.send_per_second = 100_000.0;
+        let config = args.validate().expect("test flags are valid");
+        let server = Server::open(config).await.expect("server opens its data directory");
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) if attempts < 50 => {
+                    attempts += 1;
+                    eprintln!("binding {addr} again failed ({error}); retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("binding {addr} again failed: {error}"),
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
