@@ -238,14 +238,18 @@ impl Server {
         if remaining > 0 {
             tracing::warn!(remaining, "drain deadline passed with connections still open");
         }
-        sweeper.abort();
-        expirer.abort();
+        // Each aborted task is awaited, so that no task still holds the
+        // database when run returns and a new server can open it at once.
         if let Some(backups) = backups {
             // A backup in progress holds the write gate; stopping it drops
             // the gate and leaves an incomplete copy that the next run removes.
             backups.abort();
+            let _ = backups.await;
         }
-        presence.abort();
+        for task in [sweeper, expirer, presence] {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = admin.await;
         let _ = writer_stop.send(());
         writer_task.await.context("writer task panicked")?;
