@@ -166,7 +166,8 @@ async fn chat_live_reaches_sender_and_subscriber() {
 async fn message_reaches_200_subscribers() {
     const SUBSCRIBERS: usize = 200;
     const BATCH: usize = 50;
-    let server = TestServer::start().await;
+    // Three users share the 200 connections, more than the default per-user cap.
+    let server = TestServer::start_with(|args| args.max_connections_per_user = 100).await;
     let ana = Client::admin(&server, "ana").await;
     let bob = Client::member(&server, "bob").await;
     let cai = Client::member(&server, "cai").await;

@@ -281,8 +281,19 @@ impl WsClient {
         self.stream.send(WsMessage::text(frame.to_string())).await.expect("send frame");
     }
 
-    /// The next text frame as JSON; panics after [`TIMEOUT`] or on close.
+    /// The next text frame as JSON other than a `presence` frame, which
+    /// arrive whenever users come and go; panics after [`TIMEOUT`] or on close.
     pub async fn recv(&mut self) -> Value {
+        loop {
+            let frame = self.recv_any().await;
+            if frame["op"] != "presence" {
+                return frame;
+            }
+        }
+    }
+
+    /// The next text frame as JSON, `presence` frames included.
+    pub async fn recv_any(&mut self) -> Value {
         loop {
             let next = tokio::time::timeout(TIMEOUT, self.stream.next())
                 .await
@@ -300,7 +311,7 @@ impl WsClient {
     /// The next frame whose op is `op`, skipping others.
     pub async fn recv_op(&mut self, op: &str) -> Value {
         loop {
-            let frame = self.recv().await;
+            let frame = self.recv_any().await;
             if frame["op"] == op {
                 return frame;
             }

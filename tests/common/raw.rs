@@ -138,12 +138,18 @@ impl RawClient {
         self.send_text(&value.to_string()).await;
     }
 
-    /// Reads the next server frame, or `None` when the connection ended
+    /// Reads the next server frame other than a `presence` text frame, which
+    /// arrive whenever users come and go, or `None` when the connection ended
     /// (EOF or reset) before a whole frame arrived. Panics after [`TIMEOUT`].
     pub async fn read_frame(&mut self) -> Option<RawFrame> {
-        tokio::time::timeout(TIMEOUT, read_server_frame(&mut self.stream))
-            .await
-            .expect("a server frame or the end of the connection arrives in time")
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, read_server_frame(&mut self.stream))
+                .await
+                .expect("a server frame or the end of the connection arrives in time")?;
+            if frame.json().is_none_or(|value| value["op"] != "presence") {
+                return Some(frame);
+            }
+        }
     }
 
     /// Reads frames until the next text frame and returns it as JSON. Panics
