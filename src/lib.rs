@@ -15,6 +15,7 @@
 //! - [`accounts`]: the user directory, roles, tiers and user changes.
 //! - [`layout`]: structure changes: categories, channels, moves.
 //! - [`auth`]: accounts, passwords, sessions, the setup code, Origin checks.
+//! - [`limits`]: connection and concurrency limits, client addresses.
 //! - [`ids`]: the id sequencer and the JSON form of ids.
 //! - [`protocol`]: the JSON frames shared by WebSocket and HTTP.
 //! - [`error`]: the error type returned to clients.
@@ -33,6 +34,7 @@ pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod layout;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -169,7 +169,9 @@ async fn reset_password(app: &App, request: Request<Incoming>, id: u64) -> Resul
     }
     let body: PasswordBody = read_json(app, request).await?;
     crate::auth::validate_password(&body.password)?;
+    let permit = app.limits.hash_permit().await?;
     let hash = crate::auth::hash_password(body.password).await?;
+    drop(permit);
     let updated = app.accounts.reset_password(&actor, id, hash).await?;
     tracing::info!(actor = actor.id, user = id, "password reset");
     Ok(json_response(StatusCode::OK, &json!({"user": UserView::of(&updated)})))

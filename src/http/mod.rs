@@ -40,13 +40,28 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
 type Body = Full<Bytes>;
 
 /// Handles one HTTP request.
+/// Handles one HTTP request. API requests first take a permit from their
+/// concurrency pool, and get 503 when it is exhausted.
 pub async fn handle(app: Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let mut response = match route(&app, peer, request).await {
-        Ok(response) => response,
+    let uri = request.uri();
+    let class = crate::limits::classify(request.method(), uri.path(), uri.query());
+    let mut response = match app.limits.admit_request(class) {
+        Ok(_permit) => match route(&app, peer, request).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        },
         Err(error) => error_response(&error),
     };
     add_security_headers(response.headers_mut());
     Ok(response)
+}
+
+/// Builds the response to a connection rejected by a connection limit: the
+/// error with the security headers every response carries.
+pub(crate) fn refusal_response(error: &ApiError) -> Response<Body> {
+    let mut response = error_response(error);
+    add_security_headers(response.headers_mut());
+    response
 }
 
 async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -125,6 +140,14 @@ fn upgrade(app: &Arc<App>, peer: SocketAddr, mut request: Request<Incoming>) -> 
         None => Err("authentication required"),
         Some((token, _)) => app.auth.authenticate(&token)?.ok_or("session is invalid or expired"),
     };
+    // A refused client is closed with 1008 right after the upgrade and needs no slot.
+    let socket_slot = match &user {
+        Ok(identity) => {
+            let client = app.limits.client_address(peer, request.headers());
+            Some(app.limits.admit_socket(identity.id, client)?)
+        }
+        Err(_) => None,
+    };
 
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
         .map_err(|error| ApiError::bad_request(format!("invalid WebSocket upgrade: {error}")))?;
@@ -133,6 +156,7 @@ fn upgrade(app: &Arc<App>, peer: SocketAddr, mut request: Request<Incoming>) -> 
         let app = app.clone();
         async move {
             crate::session::run(app, upgrade, user, peer).await;
+            drop(socket_slot);
             drop(guard);
         }
     });
@@ -270,12 +294,21 @@ async fn wait_durable(durable: oneshot::Receiver<Result<(), ApiError>>) -> Resul
     durable.await.unwrap_or_else(|_| Err(ApiError::unavailable()))
 }
 
-/// Reads a JSON body of at most `--max-frame-bytes`.
+/// Reads a JSON body of at most `--max-frame-bytes` within
+/// `--body-read-timeout-ms`, so a client that stalls mid-body cannot hold
+/// a connection and an API permit.
 pub(crate) async fn read_json<T: DeserializeOwned>(app: &App, request: Request<Incoming>) -> Result<T, ApiError> {
     let limit = app.config.max_frame_bytes;
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
+    let timeout = app.config.body_read_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!("request body not received within {} ms: send it without pauses", timeout.as_millis()),
+            )
+        })?;
+    let body = collected
         .map_err(|error| {
             if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ApiError::new(ErrorCode::TooLarge, format!("request body exceeds {limit} bytes"))
