@@ -21,6 +21,7 @@ use crate::ids::Sequencer;
 use crate::protocol::UserView;
 use crate::server::App;
 use crate::store::Role;
+use crate::throttle::Throttle;
 
 /// File name of the admin socket in the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
@@ -39,6 +40,8 @@ pub enum AdminRequest {
     Mute { name: String, until: Option<u64> },
     Disable { name: String, disabled: bool },
     ResetPassword { name: String, password: String },
+    /// Ends the failed-login lock of a username.
+    Unlock { name: String },
 }
 
 /// The answer to an [`AdminRequest`].
@@ -47,6 +50,8 @@ pub enum AdminRequest {
 pub enum AdminResponse {
     Users { users: Vec<UserView> },
     User { user: UserView },
+    /// Whether a failed-login lock or failure count was cleared.
+    Unlocked { name: String, unlocked: bool },
     Error { error: String },
 }
 
@@ -56,6 +61,8 @@ pub struct Target<'a> {
     pub sequencer: &'a Sequencer,
     /// Present while the server runs, so changes reach live connections.
     pub hub: Option<&'a Hub>,
+    /// Present while the server runs; login locks live only in its memory.
+    pub throttle: Option<&'a Throttle>,
 }
 
 /// The actor of CLI changes: whoever may open the socket or the data directory.
@@ -124,6 +131,12 @@ async fn apply(target: &Target<'_>, request: AdminRequest) -> Result<AdminRespon
             let updated = accounts.reset_password(&operator(), user.id, hash).await?;
             Ok(AdminResponse::User { user: UserView::of(&updated) })
         }
+        AdminRequest::Unlock { name } => {
+            let user = find(&name)?;
+            // A stopped server holds no locks: they end with the process.
+            let unlocked = target.throttle.is_some_and(|throttle| throttle.unlock(&user.name));
+            Ok(AdminResponse::Unlocked { name: user.name.clone(), unlocked })
+        }
     }
 }
 
@@ -181,6 +194,7 @@ async fn serve_one(app: &App, sequencer: &Sequencer, stream: UnixStream) -> std:
                 accounts: &app.accounts,
                 sequencer,
                 hub: Some(&app.hub),
+                throttle: Some(&app.throttle),
             };
             execute(&target, request).await
         }
@@ -202,6 +216,7 @@ fn command_name(request: &AdminRequest) -> &'static str {
         AdminRequest::Mute { .. } => "mute",
         AdminRequest::Disable { .. } => "disable",
         AdminRequest::ResetPassword { .. } => "reset-password",
+        AdminRequest::Unlock { .. } => "unlock",
     }
 }
 

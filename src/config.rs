@@ -80,6 +80,9 @@ pub enum UserCommand {
     },
     /// Set a new password and end the user's sessions.
     ResetPassword { name: String },
+    /// End the lock that failed logins put on a username. Locks live in
+    /// the running server's memory, so a stopped server holds none.
+    Unlock { name: String },
 }
 
 /// Whether strangers may create accounts.

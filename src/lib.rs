@@ -16,6 +16,7 @@
 //! - [`layout`]: structure changes: categories, channels, moves.
 //! - [`auth`]: accounts, passwords, sessions, the setup code, Origin checks.
 //! - [`limits`]: connection and concurrency limits, client addresses.
+//! - [`throttle`]: failed-login throttling and the registration rate limit.
 //! - [`ids`]: the id sequencer and the JSON form of ids.
 //! - [`protocol`]: the JSON frames shared by WebSocket and HTTP.
 //! - [`error`]: the error type returned to clients.
@@ -40,3 +41,4 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod store;
+pub mod throttle;

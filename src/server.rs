@@ -24,6 +24,7 @@ use crate::limits::{Activity, Limits, RefusalSlot, REFUSAL_READ_TIMEOUT};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::writer::{self, Writer};
 use crate::store::{Category, Channel, Layout, PostPolicy, Store, NONCE_RETENTION_MS};
+use crate::throttle::Throttle;
 
 /// Interval between sweeps of expired sessions and idempotency records.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
@@ -47,6 +48,8 @@ pub struct App {
     pub shutdown: Shutdown,
     /// Connection and concurrency limits.
     pub limits: Arc<Limits>,
+    /// Failed-login counts and registration rate limits.
+    pub throttle: Throttle,
     /// Next WebSocket connection id.
     next_conn: AtomicU64,
     /// Open HTTP connections and WebSockets, which shutdown waits for.
@@ -143,6 +146,7 @@ impl Server {
 
         let (trigger, shutdown) = shutdown::channel();
         let limits = Arc::new(Limits::new(&config));
+        let throttle = Throttle::new(&config);
         let app = Arc::new(App {
             config,
             store,
@@ -152,6 +156,7 @@ impl Server {
             epoch: format!("{:016x}", rand::random::<u64>()),
             shutdown,
             limits,
+            throttle,
             next_conn: AtomicU64::new(1),
             active: Arc::new(ActiveTasks::default()),
         });

@@ -25,9 +25,10 @@ use tokio::sync::oneshot;
 use crate::auth::{request_token, Credential};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{message_json, Identity, Reply, SendOutcome};
-use crate::ids::Id;
+use crate::ids::{now_ms, Id};
 use crate::protocol::{page_limit, UserView};
 use crate::server::App;
+use crate::throttle::LoginOutcome;
 
 /// Longest long-poll wait a client may request, in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -74,8 +75,8 @@ async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> 
         (&Method::GET, [file]) if crate::assets::exists(file) => Ok(crate::assets::response(file)),
         (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, ["ws"]) => upgrade(app, peer, request),
-        (&Method::POST, ["api", "register"]) => register(app, request).await,
-        (&Method::POST, ["api", "session"]) => login(app, request).await,
+        (&Method::POST, ["api", "register"]) => register(app, peer, request).await,
+        (&Method::POST, ["api", "session"]) => login(app, peer, request).await,
         (&Method::DELETE, ["api", "session"]) => logout(app, request).await,
         (&Method::GET, ["api", "me"]) => me(app, &request),
         (&Method::GET, ["api", "layout"]) => layout(app, &request),
@@ -172,9 +173,14 @@ struct RegisterBody {
     setup_code: Option<String>,
 }
 
-async fn register(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// Registers an account. Each attempt, valid or not, takes a token of the
+/// client address's registration bucket.
+async fn register(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     check_origin_if_present(app, &request)?;
+    let client = app.limits.client_address(peer, request.headers());
+    app.throttle.take_registration(client.ip, now_ms())?;
     let body: RegisterBody = read_json(app, request).await?;
+    let _hash = app.limits.hash_permit().await?;
     let user = app
         .auth
         .register(&body.username, &body.password, body.setup_code.as_deref())
@@ -189,10 +195,26 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// Logs in, subject to the failed-login throttle of the username and the
+/// client address.
+async fn login(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     check_origin_if_present(app, &request)?;
+    let client = app.limits.client_address(peer, request.headers());
     let body: LoginBody = read_json(app, request).await?;
-    let (user, token) = app.auth.login(&body.username, &body.password).await?;
+    let attempt = app.throttle.begin_login(&body.username, client.ip, now_ms())?;
+    let result = match app.limits.hash_permit().await {
+        Ok(_hash) => app.auth.login(&body.username, &body.password).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match &result {
+        Ok(_) => LoginOutcome::Succeeded,
+        Err(error) if error.code == ErrorCode::Unauthorized => LoginOutcome::Failed,
+        // A disabled account: the password matched.
+        Err(error) if error.code == ErrorCode::Forbidden => LoginOutcome::Succeeded,
+        Err(_) => LoginOutcome::Aborted,
+    };
+    app.throttle.finish_login(attempt, outcome);
+    let (user, token) = result?;
     let mut response = json_response(
         StatusCode::OK,
         &json!({"user": UserView::of(&user), "token": token}),
