@@ -10,6 +10,7 @@
 //! - [`shutdown`]: the signal future and the shutdown broadcast.
 //! - [`http`]: HTTP routing, the API handlers and the WebSocket upgrade.
 //! - [`session`]: one WebSocket connection, its reader and writer.
+//! - [`ws_frames`]: WebSocket frame rules and the reassembly of fragments.
 //! - [`hub`]: channels, subscriptions, fan-out and the message write path.
 //! - [`store`]: the sled trees, record encoding and the group-commit writer.
 //! - [`accounts`]: the user directory, roles, tiers and user changes.
@@ -42,3 +43,4 @@ pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod throttle;
+pub mod ws_frames;
