@@ -172,6 +172,12 @@ impl Server {
         })
     }
 
+    /// Returns the state that connections share, for serving a connection
+    /// without the accept loop, as the fuzz targets do with [`serve_io`].
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
     /// Serves connections from `listener` until `stop` resolves, then shuts
     /// down: stops accepting, closes every WebSocket with 1001, waits for
     /// open connections up to `--drain-ms`, drains the write queue and flushes.

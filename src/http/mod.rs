@@ -6,6 +6,7 @@
 //! allowed Origin; bearer-token clients need none.
 
 mod admin;
+pub mod fuzz;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
