@@ -108,7 +108,7 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 /// Parses the last entry of the X-Forwarded-For headers: the address that
 /// the nearest proxy appended. Accepts `IP`, `IP:port` and `[IPv6]:port`.
 pub fn last_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    let last_header = headers.get_all("x-forwarded-for").iter().last()?;
+    let last_header = headers.get_all("x-forwarded-for").iter().next_back()?;
     let entry = last_header.to_str().ok()?.rsplit(',').next()?.trim();
     entry
         .parse::<IpAddr>()
