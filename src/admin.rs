@@ -24,6 +24,7 @@ use crate::ids::Sequencer;
 use crate::protocol::UserView;
 use crate::server::App;
 use crate::store::Role;
+use crate::throttle::Throttle;
 
 /// File name of the admin socket in the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
@@ -45,6 +46,8 @@ pub enum AdminRequest {
     /// Write a backup into `dest`, an absolute path that the server's
     /// account may create or that is an empty directory.
     Backup { dest: PathBuf },
+    /// Ends the failed-login lock of a username.
+    Unlock { name: String },
 }
 
 /// The answer to an [`AdminRequest`].
@@ -54,6 +57,8 @@ pub enum AdminResponse {
     Users { users: Vec<UserView> },
     User { user: UserView },
     Backup { backup: crate::backup::BackupReport },
+    /// Whether a failed-login lock or failure count was cleared.
+    Unlocked { name: String, unlocked: bool },
     Error { error: String },
 }
 
@@ -63,6 +68,8 @@ pub struct Target<'a> {
     pub sequencer: &'a Sequencer,
     /// Present while the server runs, so changes reach live connections.
     pub hub: Option<&'a Hub>,
+    /// Present while the server runs; login locks live only in its memory.
+    pub throttle: Option<&'a Throttle>,
 }
 
 /// The actor of CLI changes: whoever may open the socket or the data directory.
@@ -132,6 +139,12 @@ async fn apply(target: &Target<'_>, request: AdminRequest) -> Result<AdminRespon
             Ok(AdminResponse::User { user: UserView::of(&updated) })
         }
         AdminRequest::Backup { .. } => Err(ApiError::bad_request("a backup is not a user operation")),
+        AdminRequest::Unlock { name } => {
+            let user = find(&name)?;
+            // A stopped server holds no locks: they end with the process.
+            let unlocked = target.throttle.is_some_and(|throttle| throttle.unlock(&user.name));
+            Ok(AdminResponse::Unlocked { name: user.name.clone(), unlocked })
+        }
     }
 }
 
@@ -202,6 +215,7 @@ async fn serve_one(app: &App, sequencer: &Sequencer, stream: UnixStream) -> std:
                 accounts: &app.accounts,
                 sequencer,
                 hub: Some(&app.hub),
+                throttle: Some(&app.throttle),
             };
             execute(&target, request).await
         }
@@ -224,6 +238,7 @@ fn command_name(request: &AdminRequest) -> &'static str {
         AdminRequest::Disable { .. } => "disable",
         AdminRequest::ResetPassword { .. } => "reset-password",
         AdminRequest::Backup { .. } => "backup",
+        AdminRequest::Unlock { .. } => "unlock",
     }
 }
 

@@ -63,6 +63,7 @@ fn build_request(command: &UserCommand) -> anyhow::Result<AdminRequest> {
             name: name.clone(),
             password: read_password(name)?,
         },
+        UserCommand::Unlock { name } => AdminRequest::Unlock { name: name.clone() },
     };
     Ok(request)
 }
@@ -85,6 +86,7 @@ async fn apply_offline(args: &UserArgs, request: AdminRequest) -> anyhow::Result
         accounts: &accounts,
         sequencer: &sequencer,
         hub: None,
+        throttle: None,
     };
     let response = admin::execute(&target, request).await;
     store.flush().await?;
@@ -105,6 +107,14 @@ fn print_response(response: AdminResponse) -> anyhow::Result<()> {
             Ok(())
         }
         AdminResponse::Backup { .. } => bail!("the server answered a user command with a backup report"),
+        AdminResponse::Unlocked { name, unlocked: true } => {
+            println!("{name}: login lock cleared");
+            Ok(())
+        }
+        AdminResponse::Unlocked { name, unlocked: false } => {
+            println!("{name}: no failed logins recorded, nothing to clear");
+            Ok(())
+        }
         AdminResponse::Error { error } => bail!("{error}"),
     }
 }

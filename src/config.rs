@@ -4,7 +4,7 @@
 //! `AURA_<FLAG>` (for example `AURA_LISTEN`). Flags are parsed once by clap
 //! and checked once by [`ServeArgs::validate`], whose errors name the flag.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -115,6 +115,9 @@ pub enum UserCommand {
     },
     /// Set a new password and end the user's sessions.
     ResetPassword { name: String },
+    /// End the lock that failed logins put on a username. Locks live in
+    /// the running server's memory, so a stopped server holds none.
+    Unlock { name: String },
 }
 
 /// Whether strangers may create accounts.
@@ -224,6 +227,7 @@ pub struct ServeArgs {
     /// Periodic backups to keep; older ones are deleted.
     #[arg(long, env = "AURA_BACKUP_KEEP", default_value_t = 7)]
     pub backup_keep: usize,
+
     /// Time in milliseconds that a user stays online after their last
     /// connection ends, so that a page reload does not show them offline.
     #[arg(long, env = "AURA_PRESENCE_GRACE_MS", default_value_t = 5000)]
@@ -233,6 +237,91 @@ pub struct ServeArgs {
     /// devices. The next one is closed at once with code 4029.
     #[arg(long, env = "AURA_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
     pub max_connections_per_user: usize,
+
+    /// Maximum open TCP connections in total. A connection over the limit
+    /// gets HTTP 503 and is closed.
+    #[arg(long, env = "AURA_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Maximum open connections from one client address; an IPv6 /64
+    /// counts as one address. A connection over the limit gets HTTP 429.
+    /// Behind --trusted-proxy this counts WebSockets per forwarded address.
+    #[arg(long, env = "AURA_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Maximum API requests handled at once, long polls not counted. A
+    /// request over the limit gets HTTP 503 with Retry-After.
+    #[arg(long, env = "AURA_MAX_API_CONCURRENCY", default_value_t = 256)]
+    pub max_api_concurrency: usize,
+
+    /// Maximum long polls (GET .../messages with wait above 0) waiting at
+    /// once. A long poll over the limit gets HTTP 503 with Retry-After.
+    #[arg(long, env = "AURA_MAX_LONG_POLLS", default_value_t = 2048)]
+    pub max_long_polls: usize,
+
+    /// Maximum argon2 password hashes computed at once, by logins,
+    /// registrations and password resets. Each uses about 19 MiB; others
+    /// wait up to 5 seconds, then get HTTP 503.
+    #[arg(long, env = "AURA_MAX_PASSWORD_HASHES", default_value_t = 8)]
+    pub max_password_hashes: usize,
+
+    /// Maximum size of an HTTP request head (request line and headers), in
+    /// bytes. A larger head gets HTTP 431.
+    #[arg(long, env = "AURA_MAX_HEADER_BYTES", default_value_t = 16_384)]
+    pub max_header_bytes: usize,
+
+    /// Time in milliseconds allowed to receive an HTTP request head, counted
+    /// from when the server starts waiting for it. A connection that takes
+    /// longer is closed without a response.
+    #[arg(long, env = "AURA_HEADER_READ_TIMEOUT_MS", default_value_t = 15_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time in milliseconds allowed to receive an HTTP request body, counted
+    /// from when the handler starts reading it. A slower body gets HTTP 408.
+    #[arg(long, env = "AURA_BODY_READ_TIMEOUT_MS", default_value_t = 15_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Time in milliseconds after which an HTTP keep-alive connection with
+    /// no request in progress is closed.
+    #[arg(long, env = "AURA_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub keep_alive_timeout_ms: u64,
+
+    /// Maximum number of frames in one fragmented WebSocket message. A
+    /// message with more is closed with code 1009.
+    #[arg(long, env = "AURA_MAX_FRAGMENTS", default_value_t = 128)]
+    pub max_fragments: usize,
+
+    /// Maximum time in milliseconds from the first to the last frame of a
+    /// fragmented WebSocket message. A slower message is closed with code 1008.
+    #[arg(long, env = "AURA_FRAGMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub fragment_timeout_ms: u64,
+
+    /// Failed logins for one username after which each further attempt
+    /// must wait, from 1 second doubling with every failure. A client
+    /// address gets four times as many.
+    #[arg(long, env = "AURA_LOGIN_DELAY_AFTER", default_value_t = 5)]
+    pub login_delay_after: u32,
+
+    /// Failed logins for one username that lock it for --login-lock-minutes.
+    /// A client address gets four times as many.
+    #[arg(long, env = "AURA_LOGIN_LOCK_AFTER", default_value_t = 10)]
+    pub login_lock_after: u32,
+
+    /// Duration of a login lock, in minutes; also how long a failure is
+    /// remembered. `aura user unlock NAME` ends an account's lock early.
+    #[arg(long, env = "AURA_LOGIN_LOCK_MINUTES", default_value_t = 15)]
+    pub login_lock_minutes: u64,
+
+    /// Registrations accepted from one client address per hour, which is
+    /// also the burst. Attempts over the limit get HTTP 429.
+    #[arg(long, env = "AURA_REGISTRATIONS_PER_HOUR", default_value_t = 20)]
+    pub registrations_per_hour: u32,
+
+    /// IP addresses of reverse proxies, comma-separated. For connections
+    /// from these addresses the client address is the last entry of
+    /// X-Forwarded-For. Unset by default: the TCP peer is the client.
+    #[arg(long, env = "AURA_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<IpAddr>,
 }
 
 /// Errors in flags, each naming the flag and the accepted range.
@@ -253,6 +342,8 @@ pub enum ConfigError {
     PublicOrigin(String),
     #[error("--metrics-token is invalid: expected 16 to 256 visible ASCII characters")]
     MetricsToken,
+    #[error("--login-delay-after is {delay_after}, expected at most --login-lock-after ({lock_after})")]
+    LoginThresholds { delay_after: u32, lock_after: u32 },
 }
 
 /// The validated configuration that the server runs with.
@@ -289,6 +380,39 @@ pub struct Config {
     pub send_burst: u32,
     /// Send rate limit: refill rate in messages per second.
     pub send_per_second: f64,
+    /// Open TCP connections allowed in total.
+    pub max_connections: usize,
+    /// Open connections allowed per client address (IPv6: per /64).
+    pub max_connections_per_ip: usize,
+    /// API requests handled at once, long polls not counted.
+    pub max_api_concurrency: usize,
+    /// Long polls waiting at once.
+    pub max_long_polls: usize,
+    /// Password hashes computed at once.
+    pub max_password_hashes: usize,
+    /// Maximum HTTP request head size, in bytes.
+    pub max_header_bytes: usize,
+    /// Time allowed to receive an HTTP request head.
+    pub header_read_timeout: Duration,
+    /// Time allowed to receive an HTTP request body.
+    pub body_read_timeout: Duration,
+    /// Idle time after which a keep-alive connection is closed.
+    pub keep_alive_timeout: Duration,
+    /// Frames allowed in one fragmented WebSocket message.
+    pub max_fragments: usize,
+    /// Time allowed from the first to the last frame of a fragmented message.
+    pub fragment_timeout: Duration,
+    /// Failed logins per username before attempts are delayed.
+    pub login_delay_after: u32,
+    /// Failed logins per username that lock it.
+    pub login_lock_after: u32,
+    /// Duration of a login lock, and how long a failure is remembered.
+    pub login_lock: Duration,
+    /// Registrations accepted per client address per hour.
+    pub registrations_per_hour: u32,
+    /// Reverse proxies whose X-Forwarded-For names the client; empty when
+    /// the TCP peer is the client.
+    pub trusted_proxies: Vec<IpAddr>,
     /// How long a user stays online after their last connection ends.
     pub presence_grace: Duration,
     /// Maximum open WebSocket connections per user; at least 1.
@@ -350,6 +474,27 @@ impl ServeArgs {
         check_range("send-burst", self.send_burst as u64, 1, 1_000_000)?;
         check_range("presence-grace-ms", self.presence_grace_ms, 0, 600_000)?;
         check_range("max-connections-per-user", self.max_connections_per_user as u64, 1, 100_000)?;
+        check_range("max-connections", self.max_connections as u64, 1, 1_000_000)?;
+        check_range("max-connections-per-ip", self.max_connections_per_ip as u64, 1, 1_000_000)?;
+        check_range("max-api-concurrency", self.max_api_concurrency as u64, 1, 100_000)?;
+        check_range("max-long-polls", self.max_long_polls as u64, 1, 1_000_000)?;
+        check_range("max-password-hashes", self.max_password_hashes as u64, 1, 1024)?;
+        check_range("max-header-bytes", self.max_header_bytes as u64, 1024, 1 << 20)?;
+        check_range("header-read-timeout-ms", self.header_read_timeout_ms, 10, 600_000)?;
+        check_range("body-read-timeout-ms", self.body_read_timeout_ms, 10, 600_000)?;
+        check_range("keep-alive-timeout-ms", self.keep_alive_timeout_ms, 10, 3_600_000)?;
+        check_range("max-fragments", self.max_fragments as u64, 1, 1_000_000)?;
+        check_range("fragment-timeout-ms", self.fragment_timeout_ms, 100, 600_000)?;
+        check_range("login-delay-after", self.login_delay_after as u64, 1, 1_000_000)?;
+        check_range("login-lock-after", self.login_lock_after as u64, 1, 1_000_000)?;
+        check_range("login-lock-minutes", self.login_lock_minutes, 1, 10_080)?;
+        check_range("registrations-per-hour", self.registrations_per_hour as u64, 1, 1_000_000)?;
+        if self.login_delay_after > self.login_lock_after {
+            return Err(ConfigError::LoginThresholds {
+                delay_after: self.login_delay_after,
+                lock_after: self.login_lock_after,
+            });
+        }
         if !(0.001..=100_000.0).contains(&self.send_per_second) {
             return Err(ConfigError::SendRate(self.send_per_second));
         }
@@ -400,6 +545,22 @@ impl ServeArgs {
             }),
             presence_grace: Duration::from_millis(self.presence_grace_ms),
             max_connections_per_user: self.max_connections_per_user,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_api_concurrency: self.max_api_concurrency,
+            max_long_polls: self.max_long_polls,
+            max_password_hashes: self.max_password_hashes,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(self.keep_alive_timeout_ms),
+            max_fragments: self.max_fragments,
+            fragment_timeout: Duration::from_millis(self.fragment_timeout_ms),
+            login_delay_after: self.login_delay_after,
+            login_lock_after: self.login_lock_after,
+            login_lock: Duration::from_secs(self.login_lock_minutes * 60),
+            registrations_per_hour: self.registrations_per_hour,
+            trusted_proxies: self.trusted_proxy.clone(),
         })
     }
 }
@@ -515,6 +676,23 @@ mod tests {
         let mut args = ServeArgs::for_tests("/tmp/x");
         args.metrics_token = Some("short".into());
         assert!(matches!(args.validate(), Err(ConfigError::MetricsToken)));
+    }
+
+    #[test]
+    fn login_delay_after_lock_is_rejected() {
+        let mut args = ServeArgs::for_tests("/tmp/x");
+        args.login_delay_after = 12;
+        args.login_lock_after = 10;
+        assert!(matches!(args.validate(), Err(ConfigError::LoginThresholds { .. })));
+    }
+
+    #[test]
+    fn trusted_proxy_list_parses() {
+        let Command::Serve(args) = Cli::parse_from(["aura", "serve", "--trusted-proxy", "127.0.0.1,::1"]).command else {
+            panic!("serve parses");
+        };
+        let config = args.validate().unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
     }
 
     #[test]

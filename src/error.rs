@@ -15,6 +15,8 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     Unavailable,
+    /// HTTP only: the request body did not arrive in time.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -29,6 +31,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -59,6 +62,13 @@ impl ApiError {
             message: format!("sending too fast: retry in {retry_after_ms} ms"),
             retry_after_ms: Some(retry_after_ms),
         }
+    }
+
+    /// The same error with a hint of when a retry can succeed, which HTTP
+    /// carries in `Retry-After` and the body in `retry_after_ms`.
+    pub fn with_retry_after(mut self, retry_after_ms: u64) -> Self {
+        self.retry_after_ms = Some(retry_after_ms);
+        self
     }
 
     /// The error for an operation that needs a higher role.

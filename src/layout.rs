@@ -190,17 +190,17 @@ fn channel_mut(layout: &mut Layout, id: u64) -> Result<&mut Channel, ApiError> {
 }
 
 /// Checks a display name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no
-/// control characters and no bidirectional formatting characters, which
-/// could make one name look like another.
+/// control characters or line separators, and no bidirectional formatting
+/// or invisible characters, which could make one name look like another.
 pub fn validate_name(what: &str, name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_NAME_CHARS {
         return Err(ApiError::bad_request(format!("{what} must have 1 to {MAX_NAME_CHARS} characters")));
     }
-    if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+    if name.chars().any(|c| c.is_control() || is_line_separator(c) || is_bidi_control(c) || is_invisible(c)) {
         return Err(ApiError::bad_request(format!(
-            "{what} contains a control or bidirectional formatting character"
+            "{what} contains a control, invisible or bidirectional formatting character: remove it"
         )));
     }
     Ok(name.to_string())
@@ -211,7 +211,7 @@ fn validate_topic(topic: &str) -> Result<String, ApiError> {
     if topic.chars().count() > MAX_TOPIC_CHARS {
         return Err(ApiError::bad_request(format!("topic must have at most {MAX_TOPIC_CHARS} characters")));
     }
-    if topic.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+    if topic.chars().any(|c| c.is_control() || is_line_separator(c) || is_bidi_control(c)) {
         return Err(ApiError::bad_request("topic contains a control or bidirectional formatting character"));
     }
     Ok(topic.to_string())
@@ -232,6 +232,34 @@ fn validate_tier(config: &Config, tier: &str) -> Result<String, ApiError> {
 /// isolates and marks).
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Returns whether `c` is the line or paragraph separator (U+2028, U+2029),
+/// which break a line like a newline but are not control characters.
+fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Characters that render as nothing, so that "gen\u{200B}eral" looks like
+/// "general": soft hyphen, combining grapheme joiner, Hangul fillers,
+/// Mongolian vowel separator, zero-width space and non-joiner, word joiner
+/// and invisible operators, and the byte order mark. The zero-width joiner
+/// U+200D stays allowed because emoji sequences need it.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200C}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+    )
 }
 
 #[cfg(test)]
@@ -287,6 +315,19 @@ mod tests {
     #[test]
     fn name_with_bidi_override_is_rejected() {
         assert!(validate_name("channel name", "gen\u{202E}eral").is_err());
+    }
+
+    #[test]
+    fn name_with_invisible_character_is_rejected() {
+        for name in ["gen\u{200B}eral", "gen\u{00AD}eral", "\u{FEFF}general", "gen\u{2028}eral"] {
+            assert!(validate_name("channel name", name).is_err(), "{name:?} is rejected");
+        }
+    }
+
+    #[test]
+    fn name_with_emoji_sequence_is_accepted() {
+        let family = "fam \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}";
+        assert_eq!(validate_name("channel name", family).unwrap(), family);
     }
 
     #[test]

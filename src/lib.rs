@@ -10,6 +10,7 @@
 //! - [`shutdown`]: the signal future and the shutdown broadcast.
 //! - [`http`]: HTTP routing, the API handlers and the WebSocket upgrade.
 //! - [`session`]: one WebSocket connection, its reader and writer.
+//! - [`ws_frames`]: WebSocket frame rules and the reassembly of fragments.
 //! - [`hub`]: channels, subscriptions, fan-out and the message write path.
 //! - [`presence`]: who is online, pushed as coalesced deltas, and the
 //!   per-user connection cap.
@@ -17,6 +18,8 @@
 //! - [`accounts`]: the user directory, roles, tiers and user changes.
 //! - [`layout`]: structure changes: categories, channels, moves.
 //! - [`auth`]: accounts, passwords, sessions, the setup code, Origin checks.
+//! - [`limits`]: connection and concurrency limits, client addresses.
+//! - [`throttle`]: failed-login throttling and the registration rate limit.
 //! - [`ids`]: the id sequencer and the JSON form of ids.
 //! - [`protocol`]: the JSON frames shared by WebSocket and HTTP.
 //! - [`error`]: the error type returned to clients.
@@ -41,9 +44,12 @@ pub mod ids;
 pub mod layout;
 pub mod metrics;
 pub mod presence;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod verify;
+pub mod throttle;
+pub mod ws_frames;

@@ -1,5 +1,6 @@
 //! Start-up, the accept loop and the shutdown sequence.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +11,7 @@ use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 
@@ -20,13 +22,11 @@ use crate::hub::Hub;
 use crate::ids::{now_ms, Sequencer, COUNTER_BITS, LEASE_SPAN};
 use crate::metrics::{Metrics, Snapshot};
 use crate::presence::Presence;
+use crate::limits::{Activity, Limits, RefusalSlot, REFUSAL_READ_TIMEOUT};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::writer::{self, Writer};
 use crate::store::{Category, Channel, Layout, PostPolicy, Store, NONCE_RETENTION_MS};
-
-/// Maximum time to receive a request's headers, so idle or slow clients do
-/// not hold a connection open.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::throttle::Throttle;
 
 /// Interval between sweeps of expired sessions and idempotency records.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
@@ -52,6 +52,10 @@ pub struct App {
     pub shutdown: Shutdown,
     /// Counters and histograms served at GET /metrics.
     pub metrics: Arc<Metrics>,
+    /// Connection and concurrency limits.
+    pub limits: Arc<Limits>,
+    /// Failed-login counts and registration rate limits.
+    pub throttle: Throttle,
     /// Next WebSocket connection id.
     next_conn: AtomicU64,
     /// Open HTTP connections and WebSockets, which shutdown waits for.
@@ -165,6 +169,8 @@ impl Server {
         let presence = Arc::new(Presence::new(config.clone(), accounts.clone()));
 
         let (trigger, shutdown) = shutdown::channel();
+        let limits = Arc::new(Limits::new(&config));
+        let throttle = Throttle::new(&config);
         let app = Arc::new(App {
             config,
             store,
@@ -175,6 +181,8 @@ impl Server {
             epoch: format!("{:016x}", rand::random::<u64>()),
             shutdown,
             metrics,
+            limits,
+            throttle,
             next_conn: AtomicU64::new(1),
             active: Arc::new(ActiveTasks::default()),
         });
@@ -190,7 +198,8 @@ impl Server {
         })
     }
 
-    /// Returns the shared state, for tests that inspect the running server.
+    /// Returns the state that connections share: tests inspect it, and the
+    /// fuzz targets serve a connection without the accept loop with [`serve_io`].
     pub fn app(&self) -> Arc<App> {
         self.app.clone()
     }
@@ -280,34 +289,105 @@ async fn accept_loop(app: &Arc<App>, listener: &TcpListener, stop: impl Future<O
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(app.clone(), stream, peer));
+        match app.limits.admit_connection(peer.ip()) {
+            Ok(slot) => {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    serve_io(app, stream, peer).await;
+                    drop(slot);
+                });
+            }
+            Err(refusal) => {
+                // Past the cap on refused connections in progress, the
+                // connection is closed without a response.
+                if let Some(slot) = app.limits.reserve_refusal() {
+                    tokio::spawn(refuse_connection(stream, refusal, slot));
+                }
+            }
+        }
     }
 }
 
-/// Serves HTTP on one TCP connection, ending it gracefully at shutdown.
-async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+/// Serves HTTP on one connection, ending it gracefully at shutdown or once
+/// it has been idle for `--keep-alive-timeout-ms`. The accept loop passes
+/// TCP streams; the fuzz targets pass in-memory pipes.
+pub async fn serve_io<I>(app: Arc<App>, io: I, peer: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let guard = app.track_task();
     app.metrics.tcp_connections.inc();
+    let activity = Activity::new();
     let service = service_fn({
         let app = app.clone();
-        move |request| crate::http::handle(app.clone(), peer, request)
+        let activity = activity.clone();
+        move |request| {
+            let request_guard = activity.begin();
+            let response = crate::http::handle(app.clone(), peer, request);
+            async move {
+                let response = response.await;
+                drop(request_guard);
+                response
+            }
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .header_read_timeout(app.config.header_read_timeout)
+        .max_header_size(app.config.max_header_bytes)
+        // hyper requires a read buffer of at least 8 KiB.
+        .max_buf_size(app.config.max_header_bytes.max(8192))
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let mut shutdown = app.shutdown.clone();
-    tokio::select! {
-        result = connection.as_mut() => log_connection_end(result, peer),
-        _ = shutdown.wait() => {
-            connection.as_mut().graceful_shutdown();
-            log_connection_end(connection.await, peer);
+    let keep_alive = app.config.keep_alive_timeout;
+    loop {
+        let check_at = activity
+            .idle_deadline(keep_alive)
+            .unwrap_or_else(|| tokio::time::Instant::now() + keep_alive);
+        tokio::select! {
+            result = connection.as_mut() => {
+                log_connection_end(result, peer);
+                break;
+            }
+            _ = shutdown.wait() => {
+                connection.as_mut().graceful_shutdown();
+                log_connection_end(connection.await, peer);
+                break;
+            }
+            _ = tokio::time::sleep_until(check_at) => {
+                let idle = activity
+                    .idle_deadline(keep_alive)
+                    .is_some_and(|deadline| deadline <= tokio::time::Instant::now());
+                if idle {
+                    // hyper closes the connection at once when no request is in progress.
+                    connection.as_mut().graceful_shutdown();
+                    log_connection_end(connection.await, peer);
+                    break;
+                }
+            }
         }
     }
     app.metrics.tcp_connections.dec();
     drop(guard);
+}
+
+/// Responds to every request on a refused connection with `refusal`, then
+/// closes it. A client that sends no request head within
+/// [`REFUSAL_READ_TIMEOUT`] is closed without a response.
+async fn refuse_connection(stream: tokio::net::TcpStream, refusal: crate::error::ApiError, slot: RefusalSlot) {
+    let service = service_fn(move |_request| {
+        let response = crate::http::refusal_response(&refusal);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(REFUSAL_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = connection.await;
+    drop(slot);
 }
 
 fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {

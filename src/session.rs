@@ -29,6 +29,7 @@ use crate::ids::now_ms;
 use crate::presence::{ConnectionSlot, Ids, CLOSE_TOO_MANY_CONNECTIONS};
 use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, UserView};
 use crate::server::App;
+use crate::ws_frames::{check_close, Reassembler, MAX_CONTROL_PAYLOAD};
 
 /// Close code: the server is shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -36,9 +37,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code: a text message is not valid UTF-8.
 pub const CLOSE_INVALID_UTF8: u16 = 1007;
-/// Close code: the origin or authentication was refused.
+/// Close code: the origin or authentication was refused, or a fragmented
+/// message took longer than `--fragment-timeout-ms`.
 pub const CLOSE_POLICY: u16 = 1008;
-/// Close code: a message exceeds `--max-frame-bytes`.
+/// Close code: a message exceeds `--max-frame-bytes` or `--max-fragments`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: no frame from the client for 2.5 heartbeat intervals.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4009;
@@ -86,6 +88,10 @@ struct Connection {
     close: Arc<CloseSignal>,
     /// Time of the last frame from the client, ms since the Unix epoch.
     last_seen: AtomicU64,
+    /// When the fragmented message in progress started, ms since the Unix
+    /// epoch; 0 while none is. The writer closes the connection with 1008
+    /// once it is older than `--fragment-timeout-ms`.
+    fragment_started: AtomicU64,
     /// Permits for writes in flight: `--send-queue` / [`IN_FLIGHT_SHARE`].
     in_flight: Arc<Semaphore>,
     /// The connection's count in the user's presence; taken, which ends the
@@ -160,7 +166,8 @@ async fn serve(
     // message is checked against the limit while fragments are collected.
     reader.set_max_message_size(app.config.max_frame_bytes + 1);
     reader.set_auto_pong(true);
-    reader.set_auto_close(true);
+    // Close frames are checked and echoed by the read loop; see ws_frames.
+    reader.set_auto_close(false);
 
     let (outbox, frames, close) = Outbox::new(conn, app.config.send_queue);
     let handle = ConnHandle {
@@ -173,6 +180,7 @@ async fn serve(
         handle: handle.clone(),
         close,
         last_seen: AtomicU64::new(now_ms()),
+        fragment_started: AtomicU64::new(0),
         in_flight: Arc::new(Semaphore::new((app.config.send_queue / IN_FLIGHT_SHARE).max(1))),
         presence_slot: Mutex::new(Some(slot)),
     });
@@ -221,8 +229,10 @@ async fn write_loop(
     mut frames: mpsc::Receiver<Bytes>,
     mut control: mpsc::Receiver<Control>,
 ) -> u16 {
-    let heartbeat_timeout = connection.app.config.heartbeat.mul_f64(2.5);
-    let mut check = tokio::time::interval(connection.app.config.heartbeat / 2);
+    let config = &connection.app.config;
+    let heartbeat_timeout = config.heartbeat.mul_f64(2.5);
+    let fragment_timeout_ms = config.fragment_timeout.as_millis() as u64;
+    let mut check = tokio::time::interval((config.heartbeat / 2).min(config.fragment_timeout / 2));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = connection.app.shutdown.clone();
 
@@ -259,6 +269,11 @@ async fn write_loop(
                     // frame below can stall: stop counting it first.
                     connection.end_presence();
                     return close_socket(writer, CLOSE_HEARTBEAT_TIMEOUT).await;
+                }
+                let started = connection.fragment_started.load(Ordering::Acquire);
+                if started != 0 && now_ms().saturating_sub(started) > fragment_timeout_ms {
+                    tracing::info!("fragmented message timed out");
+                    return close_socket(writer, CLOSE_POLICY).await;
                 }
             }
         }
@@ -310,6 +325,7 @@ fn close_reason(code: u16) -> &'static str {
     match code {
         CLOSE_GOING_AWAY => "server shutting down",
         CLOSE_PROTOCOL_ERROR => "protocol error",
+        CLOSE_POLICY => "fragmented message took too long",
         CLOSE_INVALID_UTF8 => "text is not valid UTF-8",
         CLOSE_TOO_BIG => "message too large",
         crate::hub::outbox::CLOSE_TOO_SLOW => "too slow: resume with subscribe after your last rev",
@@ -320,14 +336,10 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// A message being assembled from fragments.
-struct Partial {
-    opcode: OpCode,
-    bytes: Vec<u8>,
-}
-
 /// Reads frames until the client closes or breaks the protocol, and handles
-/// each complete message.
+/// each complete message. fastwebsockets queues a pong through
+/// `send_control` for each ping as it arrives, also between the fragments
+/// of a message.
 async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control: mpsc::Sender<Control>) {
     let mut send_control = |frame: Frame<'_>| {
         let control = control.clone();
@@ -337,8 +349,8 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control:
         };
         async move { control.send(owned).await.map_err(|_| std::io::Error::other("writer has stopped")) }
     };
-    let max_bytes = connection.app.config.max_frame_bytes;
-    let mut partial: Option<Partial> = None;
+    let config = &connection.app.config;
+    let mut reassembler = Reassembler::new(config.max_frame_bytes, config.max_fragments);
 
     loop {
         let frame = match reader.read_frame(&mut send_control).await {
@@ -352,53 +364,49 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control:
         };
         connection.last_seen.store(now_ms(), Ordering::Release);
 
-        let complete = match frame.opcode {
-            OpCode::Close => return,
-            OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary if frame.fin => {
-                if partial.is_some() {
-                    connection.close.request(CLOSE_PROTOCOL_ERROR);
-                    return;
-                }
-                Partial {
-                    opcode: frame.opcode,
-                    bytes: frame.payload.to_vec(),
-                }
+        match frame.opcode {
+            // fastwebsockets checks only pings against this limit.
+            OpCode::Close | OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
+                connection.close.request(CLOSE_PROTOCOL_ERROR);
+                return;
             }
-            OpCode::Text | OpCode::Binary => {
-                if partial.is_some() {
-                    connection.close.request(CLOSE_PROTOCOL_ERROR);
-                    return;
+            OpCode::Close => {
+                match check_close(&frame.payload) {
+                    Ok(code) => {
+                        // Echo the status code; the writer ends the connection after sending it.
+                        let payload = code.map(|code| code.to_be_bytes().to_vec()).unwrap_or_default();
+                        let _ = control.send(Control { opcode: OpCode::Close, payload }).await;
+                    }
+                    Err(code) => connection.close.request(code),
                 }
-                partial = Some(Partial {
-                    opcode: frame.opcode,
-                    bytes: frame.payload.to_vec(),
-                });
+                return;
+            }
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
+        }
+
+        let starts_message = !reassembler.in_progress();
+        let complete = match reassembler.push(frame.fin, frame.opcode, &frame.payload) {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                if starts_message {
+                    connection.fragment_started.store(now_ms().max(1), Ordering::Release);
+                }
                 continue;
             }
-            OpCode::Continuation => {
-                let Some(mut building) = partial.take() else {
-                    connection.close.request(CLOSE_PROTOCOL_ERROR);
-                    return;
-                };
-                if building.bytes.len() + frame.payload.len() > max_bytes {
-                    connection.close.request(CLOSE_TOO_BIG);
-                    return;
-                }
-                building.bytes.extend_from_slice(&frame.payload);
-                if !frame.fin {
-                    partial = Some(building);
-                    continue;
-                }
-                building
+            Err(code) => {
+                connection.close.request(code);
+                return;
             }
         };
+        connection.fragment_started.store(0, Ordering::Release);
 
-        if complete.opcode == OpCode::Binary {
+        let (opcode, bytes) = complete;
+        if opcode == OpCode::Binary {
             connection.handle.outbox.push(error_frame(&ApiError::bad_request("binary frames are not supported: send JSON text"), None));
             continue;
         }
-        let Ok(text) = std::str::from_utf8(&complete.bytes) else {
+        let Ok(text) = std::str::from_utf8(&bytes) else {
             connection.close.request(CLOSE_INVALID_UTF8);
             return;
         };

@@ -67,6 +67,10 @@ pub(super) async fn route(
             let id = parse_id(id)?;
             reset_password(app, request, id).await
         }
+        (&Method::DELETE, ["api", "users", id, "lock"]) => {
+            let id = parse_id(id)?;
+            unlock_user(app, &request, id)
+        }
         _ => Err(ApiError::not_found(format!("no route for {method} /{}", segments.join("/")))),
     }
 }
@@ -169,8 +173,22 @@ async fn reset_password(app: &App, request: Request<Incoming>, id: u64) -> Resul
     }
     let body: PasswordBody = read_json(app, request).await?;
     crate::auth::validate_password(&body.password)?;
+    let permit = app.limits.hash_permit().await?;
     let hash = crate::auth::hash_password(body.password).await?;
+    drop(permit);
     let updated = app.accounts.reset_password(&actor, id, hash).await?;
     tracing::info!(actor = actor.id, user = id, "password reset");
     Ok(json_response(StatusCode::OK, &json!({"user": UserView::of(&updated)})))
+}
+
+/// Ends the failed-login lock of a user's name. Only admins may.
+fn unlock_user(app: &App, request: &Request<Incoming>, id: u64) -> Result<Response<Body>, ApiError> {
+    let (actor, _) = authenticate(app, request)?;
+    if actor.role != Role::Admin {
+        return Err(ApiError::role_required("admin"));
+    }
+    let user = app.accounts.get(id).ok_or_else(|| ApiError::not_found("user not found"))?;
+    let unlocked = app.throttle.unlock(&user.name);
+    tracing::info!(actor = actor.id, user = id, unlocked, "login lock cleared");
+    Ok(json_response(StatusCode::OK, &json!({"user": UserView::of(&user), "unlocked": unlocked})))
 }

@@ -7,6 +7,7 @@
 
 mod admin;
 mod presence;
+pub mod fuzz;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,9 +27,10 @@ use tokio::sync::oneshot;
 use crate::auth::{request_token, Credential};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{message_json, Identity, Reply, SendOutcome};
-use crate::ids::Id;
+use crate::ids::{now_ms, Id};
 use crate::protocol::{page_limit, UserView};
 use crate::server::App;
+use crate::throttle::LoginOutcome;
 
 /// Longest long-poll wait a client may request, in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -41,13 +43,28 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
 type Body = Full<Bytes>;
 
 /// Handles one HTTP request.
+/// Handles one HTTP request. API requests first take a permit from their
+/// concurrency pool, and get 503 when it is exhausted.
 pub async fn handle(app: Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let mut response = match route(&app, peer, request).await {
-        Ok(response) => response,
+    let uri = request.uri();
+    let class = crate::limits::classify(request.method(), uri.path(), uri.query());
+    let mut response = match app.limits.admit_request(class) {
+        Ok(_permit) => match route(&app, peer, request).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        },
         Err(error) => error_response(&error),
     };
     add_security_headers(response.headers_mut());
     Ok(response)
+}
+
+/// Builds the response to a connection rejected by a connection limit: the
+/// error with the security headers every response carries.
+pub(crate) fn refusal_response(error: &ApiError) -> Response<Body> {
+    let mut response = error_response(error);
+    add_security_headers(response.headers_mut());
+    response
 }
 
 async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -65,8 +82,8 @@ async fn route(app: &Arc<App>, peer: SocketAddr, request: Request<Incoming>) -> 
         (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, ["metrics"]) => crate::metrics::respond(app, peer, request.headers()),
         (&Method::GET, ["ws"]) => upgrade(app, peer, request),
-        (&Method::POST, ["api", "register"]) => register(app, request).await,
-        (&Method::POST, ["api", "session"]) => login(app, request).await,
+        (&Method::POST, ["api", "register"]) => register(app, peer, request).await,
+        (&Method::POST, ["api", "session"]) => login(app, peer, request).await,
         (&Method::DELETE, ["api", "session"]) => logout(app, request).await,
         (&Method::GET, ["api", "me"]) => me(app, &request),
         (&Method::GET, ["api", "layout"]) => layout(app, &request),
@@ -133,6 +150,14 @@ fn upgrade(app: &Arc<App>, peer: SocketAddr, mut request: Request<Incoming>) -> 
         None => Err("authentication required"),
         Some((token, _)) => app.auth.authenticate(&token)?.ok_or("session is invalid or expired"),
     };
+    // A refused client is closed with 1008 right after the upgrade and needs no slot.
+    let socket_slot = match &user {
+        Ok(identity) => {
+            let client = app.limits.client_address(peer, request.headers());
+            Some(app.limits.admit_socket(client)?)
+        }
+        Err(_) => None,
+    };
 
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
         .map_err(|error| ApiError::bad_request(format!("invalid WebSocket upgrade: {error}")))?;
@@ -141,6 +166,7 @@ fn upgrade(app: &Arc<App>, peer: SocketAddr, mut request: Request<Incoming>) -> 
         let app = app.clone();
         async move {
             crate::session::run(app, upgrade, user, peer).await;
+            drop(socket_slot);
             drop(guard);
         }
     });
@@ -156,9 +182,14 @@ struct RegisterBody {
     setup_code: Option<String>,
 }
 
-async fn register(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// Registers an account. Each attempt, valid or not, takes a token of the
+/// client address's registration bucket.
+async fn register(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     check_origin_if_present(app, &request)?;
+    let client = app.limits.client_address(peer, request.headers());
+    app.throttle.take_registration(client.ip, now_ms())?;
     let body: RegisterBody = read_json(app, request).await?;
+    let _hash = app.limits.hash_permit().await?;
     let user = app
         .auth
         .register(&body.username, &body.password, body.setup_code.as_deref())
@@ -173,10 +204,26 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// Logs in, subject to the failed-login throttle of the username and the
+/// client address.
+async fn login(app: &App, peer: SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     check_origin_if_present(app, &request)?;
+    let client = app.limits.client_address(peer, request.headers());
     let body: LoginBody = read_json(app, request).await?;
-    let (user, token) = app.auth.login(&body.username, &body.password).await?;
+    let attempt = app.throttle.begin_login(&body.username, client.ip, now_ms())?;
+    let result = match app.limits.hash_permit().await {
+        Ok(_hash) => app.auth.login(&body.username, &body.password).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match &result {
+        Ok(_) => LoginOutcome::Succeeded,
+        Err(error) if error.code == ErrorCode::Unauthorized => LoginOutcome::Failed,
+        // A disabled account: the password matched.
+        Err(error) if error.code == ErrorCode::Forbidden => LoginOutcome::Succeeded,
+        Err(_) => LoginOutcome::Aborted,
+    };
+    app.throttle.finish_login(attempt, outcome);
+    let (user, token) = result?;
     let mut response = json_response(
         StatusCode::OK,
         &json!({"user": UserView::of(&user), "token": token}),
@@ -289,12 +336,21 @@ async fn wait_durable(durable: oneshot::Receiver<Result<(), ApiError>>) -> Resul
     durable.await.unwrap_or_else(|_| Err(ApiError::unavailable()))
 }
 
-/// Reads a JSON body of at most `--max-frame-bytes`.
+/// Reads a JSON body of at most `--max-frame-bytes` within
+/// `--body-read-timeout-ms`, so a client that stalls mid-body cannot hold
+/// a connection and an API permit.
 pub(crate) async fn read_json<T: DeserializeOwned>(app: &App, request: Request<Incoming>) -> Result<T, ApiError> {
     let limit = app.config.max_frame_bytes;
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
+    let timeout = app.config.body_read_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!("request body not received within {} ms: send it without pauses", timeout.as_millis()),
+            )
+        })?;
+    let body = collected
         .map_err(|error| {
             if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ApiError::new(ErrorCode::TooLarge, format!("request body exceeds {limit} bytes"))
