@@ -182,10 +182,6 @@ impl<K: std::hash::Hash + Eq + Copy> Counts<K> {
             }
         }
     }
-
-    fn get(&self, key: K) -> usize {
-        self.0.lock().get(&key).copied().unwrap_or(0)
-    }
 }
 
 /// The connection and concurrency limits of one server.

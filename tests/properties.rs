@@ -63,10 +63,10 @@ fn user() -> impl Strategy<Value = User> {
         ".{0,32}",
         option::of(any::<u64>()),
         option::of(any::<u64>()),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(id, name, password_hash, role, created_ms, tier, tier_expires_ms, muted_until_ms, disabled)| User {
+            |(id, name, password_hash, role, created_ms, tier, tier_expires_ms, muted_until_ms, (disabled, invisible))| User {
                 id,
                 name,
                 password_hash,
@@ -76,6 +76,7 @@ fn user() -> impl Strategy<Value = User> {
                 tier_expires_ms,
                 muted_until_ms,
                 disabled,
+                invisible,
             },
         )
 }

@@ -152,7 +152,7 @@ fn upgrade(app: &Arc<App>, peer: SocketAddr, mut request: Request<Incoming>) -> 
     };
     // A refused client is closed with 1008 right after the upgrade and needs no slot.
     let socket_slot = match &user {
-        Ok(identity) => {
+        Ok(_) => {
             let client = app.limits.client_address(peer, request.headers());
             Some(app.limits.admit_socket(client)?)
         }
