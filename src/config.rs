@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Aura: a self-hosted real-time community chat server.
 #[derive(Debug, Parser)]
-#[command(name = "aura", version, about)]
+#[command(name = "aura", version, about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,7 +21,8 @@ pub struct Cli {
 /// The subcommands of the `aura` binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the chat server.
+    /// Run the chat server. A flag given twice takes its last value.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Manage users, through the running server or directly on a stopped one.
     User(UserArgs),
@@ -626,6 +627,14 @@ mod tests {
     fn validate_accepts_defaults() {
         let args = ServeArgs::for_tests("/tmp/x");
         assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn repeated_flag_takes_last_value() {
+        let Command::Serve(args) = Cli::parse_from(["aura", "serve", "--send-burst", "5", "--send-burst", "7"]).command else {
+            panic!("serve parses");
+        };
+        assert_eq!(args.send_burst, 7);
     }
 
     #[test]
