@@ -181,6 +181,10 @@ async fn start_aura(launch: &Launch, log: PathBuf) -> anyhow::Result<Target> {
         .arg(data_dir.path())
         .arg("--listen")
         .arg("127.0.0.1:0")
+        // The load comes from a few users on loopback addresses, far above
+        // the per-user and per-address limits that protect a public server;
+        // the baseline has no such limits either.
+        .args(LOAD_LIMIT_ARGS)
         .args(&launch.aura_args);
     let (child, addr) =
         spawn_and_wait(command, &log).with_context(|| format!("failed to start {}", launch.aura_bin.display()))?;
@@ -225,6 +229,27 @@ async fn start_baseline(launch: &Launch, log: PathBuf) -> anyhow::Result<Target>
         data_dir: None,
     })
 }
+
+/// Flags that lift Aura's abuse limits for the load; flags in
+/// `--aura-arg` come later and override them.
+const LOAD_LIMIT_ARGS: &[&str] = &[
+    "--send-burst",
+    "1000000",
+    "--send-per-second",
+    "100000",
+    "--max-connections-per-user",
+    "100000",
+    "--max-connections",
+    "1000000",
+    "--max-connections-per-ip",
+    "1000000",
+    "--registrations-per-hour",
+    "1000000",
+    "--login-delay-after",
+    "100000",
+    "--login-lock-after",
+    "100000",
+];
 
 /// Writes a layout with the default channels plus `count` channels for the
 /// load into a new data directory, and returns the ids of the load channels.
