@@ -1161,3 +1161,46 @@ async fn demoted_admin_loses_gated_channel() {
     let (status, _) = poll(&second, &elite).await;
     assert_eq!(status, 404, "the demoted user gets 404 when polling the elite channel");
 }
+
+#[tokio::test]
+async fn muted_member_cannot_edit() {
+    let server = start_unlimited().await;
+    let admin = Client::admin(&server, "admin").await;
+    let member = Client::member(&server, "member").await;
+    let general = admin.channel_id("general").await;
+    let (status, body) = member.post_message(&general, "before the mute", "edit-1").await;
+    assert_eq!(status, 201, "the member posts before the mute: {body}");
+    let id = body["message"]["id"].as_str().unwrap().to_string();
+
+    patch_user(&admin, &member.id(), json!({"muted_until": now_ms() + 3_600_000})).await;
+    let (status, body) = call(member.patch(&format!("/api/messages/{id}")).json(&json!({"content": "sneaked in"}))).await;
+    assert_eq!(status, 403, "a muted member's edit is forbidden: {body}");
+    let (_, page) = poll(&member, &general).await;
+    assert!(contents(&page["messages"]).contains(&"before the mute".to_string()), "the message keeps its text: {page}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_nonce_answers_while_limited() {
+    let server = TestServer::start_with(|args| {
+        args.send_burst = 1;
+        args.send_per_second = 0.001;
+    })
+    .await;
+    let admin = Client::admin(&server, "admin").await;
+    let member = Client::member(&server, "member").await;
+    let general = admin.channel_id("general").await;
+    let (status, first) = member.post_message(&general, "only one", "once").await;
+    assert_eq!(status, 201, "the first send fits the burst: {first}");
+
+    let (status, body) = member.post_message(&general, "another", "other").await;
+    assert_eq!(status, 429, "a new nonce over the rate limit gets 429: {body}");
+    let (status, body) = member.post_message(&general, "only one", "once").await;
+    assert_eq!(status, 200, "a repeated nonce over the rate limit gets its original: {body}");
+    assert_eq!(body["message"]["id"], first["message"]["id"], "the repeat returns the original id");
+
+    patch_user(&admin, &member.id(), json!({"muted_until": now_ms() + 3_600_000})).await;
+    let (status, body) = member.post_message(&general, "only one", "once").await;
+    assert_eq!(status, 200, "a repeated nonce while muted gets its original: {body}");
+    server.stop().await;
+}

@@ -47,17 +47,19 @@ impl Hub {
         protocol::validate_nonce(nonce)?;
         let content = self.validate_content(content)?;
         let hub = self.readable_channel(user, channel)?;
-        self.check_may_post(user, channel)?;
-        self.check_healthy()?;
-        self.take_send_token(user.id)?;
 
         // The shard stays locked until the send is queued, so two sends of
-        // one nonce cannot both create a message.
+        // one nonce cannot both create a message. A repeated nonce returns
+        // its original before the mute and rate checks, because a client
+        // that resends an unacknowledged message must learn that it was stored.
         let mut pending = self.nonce_shard(user.id).lock();
         if let Some(original) = self.find_nonce(&pending, user.id, nonce)? {
             self.queue_barrier(reply, Some((nonce, &original)))?;
             return Ok(SendOutcome::Duplicate(original));
         }
+        self.check_may_post(user, channel)?;
+        self.check_healthy()?;
+        self.take_send_token(user.id)?;
 
         let mut state = hub.state.lock();
         if state.deleted {
@@ -99,6 +101,10 @@ impl Hub {
     /// Edits a message's content. Only its author may.
     pub fn edit(&self, user: &Identity, id: u64, content: &str, reply: Reply) -> Result<Arc<Message>, ApiError> {
         let content = self.validate_content(content)?;
+        // An edit publishes new text, so a mute blocks it like a send.
+        if user.is_muted() {
+            return Err(ApiError::forbidden("you are muted and may not edit until the mute ends"));
+        }
         self.change_message(user, id, reply, |current| {
             if current.author_id != user.id {
                 return Err(ApiError::forbidden("only the author may edit a message"));
