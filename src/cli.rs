@@ -14,6 +14,9 @@ use crate::ids::now_ms;
 use crate::protocol::UserView;
 use crate::store::{Role, Store};
 
+/// Longest tier or mute duration the CLI accepts: 100 years, in days.
+const MAX_DAYS: f64 = 36_500.0;
+
 /// Runs one `aura user` subcommand.
 pub async fn run(args: UserArgs) -> anyhow::Result<()> {
     let request = build_request(&args.command)?;
@@ -41,7 +44,9 @@ fn build_request(command: &UserCommand) -> anyhow::Result<AdminRequest> {
         },
         UserCommand::SetTier { name, tier, days } => {
             let expires_at = match days {
-                Some(days) if !days.is_finite() || *days < 0.0 => bail!("--days is {days}, expected a positive number"),
+                Some(days) if !(days.is_finite() && *days > 0.0 && *days <= MAX_DAYS) => {
+                    bail!("--days is {days}, expected a number above 0 and at most {MAX_DAYS}; omit it for no end")
+                }
                 Some(days) => Some(now_ms() + (days * 86_400_000.0) as u64),
                 None => None,
             };
@@ -51,10 +56,15 @@ fn build_request(command: &UserCommand) -> anyhow::Result<AdminRequest> {
                 expires_at,
             }
         }
-        UserCommand::Mute { name, minutes } => AdminRequest::Mute {
-            name: name.clone(),
-            until: (*minutes > 0).then(|| now_ms() + minutes * 60_000),
-        },
+        UserCommand::Mute { name, minutes } => {
+            if *minutes > MAX_DAYS as u64 * 1440 {
+                bail!("--minutes is {minutes}, expected at most {} (100 years)", MAX_DAYS as u64 * 1440);
+            }
+            AdminRequest::Mute {
+                name: name.clone(),
+                until: (*minutes > 0).then(|| now_ms() + minutes * 60_000),
+            }
+        }
         UserCommand::Disable { name, enable } => AdminRequest::Disable {
             name: name.clone(),
             disabled: !enable,

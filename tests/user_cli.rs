@@ -277,6 +277,16 @@ async fn cli_unknown_user_or_tier_fails() {
     let admin = Client::admin(&server, "admin").await;
     let _member = Client::member(&server, "member").await;
 
+    // Durations that would overflow the expiry time are refused, not wrapped.
+    let run = aura_user(server.data_dir(), &["mute", "member", "--minutes", "18446744073709551615"], None).await;
+    assert!(!run.success, "a mute of u64::MAX minutes exits non-zero");
+    assert!(run.stderr.contains("--minutes"), "the error names --minutes: {}", run.stderr);
+    let run = aura_user(server.data_dir(), &["set-tier", "member", "pro", "--days=1e300"], None).await;
+    assert!(!run.success, "a tier of 1e300 days exits non-zero");
+    assert!(run.stderr.contains("--days"), "the error names --days: {}", run.stderr);
+    let run = aura_user(server.data_dir(), &["set-tier", "member", "pro", "--days", "0"], None).await;
+    assert!(!run.success, "a tier of 0 days exits non-zero");
+
     let run = aura_user(server.data_dir(), &["set-tier", "nobody", "pro"], None).await;
     assert!(!run.success, "set-tier of an unknown user exits non-zero");
     assert!(
