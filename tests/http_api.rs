@@ -555,3 +555,28 @@ async fn oversized_body_is_rejected() {
     assert_eq!(changes.len(), 1, "only the body within the limit created a message: {changes:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn declared_oversize_body_is_refused_at_once() {
+    let server = TestServer::start_with(|args| args.body_read_timeout_ms = 60_000).await;
+    let ana = Client::admin(&server, "ana").await;
+    let general = ana.channel_id("general").await;
+
+    // Only the head is sent: a server that waited for the body would answer
+    // after the 60 s body timeout, long after this test's timeout.
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/channels/{general}/messages HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n",
+        server.addr, ana.token
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 512];
+    let read = tokio::time::timeout(TIMEOUT, tokio::io::AsyncReadExt::read(&mut stream, &mut response))
+        .await
+        .expect("the server answers before the body arrives")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response[..read]);
+    assert!(text.starts_with("HTTP/1.1 413"), "a declared length over the limit gets 413: {text}");
+    server.stop().await;
+}

@@ -342,6 +342,16 @@ async fn wait_durable(durable: oneshot::Receiver<Result<(), ApiError>>) -> Resul
 pub(crate) async fn read_json<T: DeserializeOwned>(app: &App, request: Request<Incoming>) -> Result<T, ApiError> {
     let limit = app.config.max_frame_bytes;
     let timeout = app.config.body_read_timeout;
+    // A declared length over the limit is refused at once, not after the
+    // body has arrived or timed out.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::new(ErrorCode::TooLarge, format!("request body exceeds {limit} bytes")));
+    }
     let collected = tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect())
         .await
         .map_err(|_| {
