@@ -135,9 +135,7 @@ impl Server {
     /// Opens the data directory: creates it and the default community when
     /// new, renews the id lease and writes the setup code while no admin exists.
     pub async fn open(config: Config) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("failed to create data directory {} (--data-dir)", config.data_dir.display())
-        })?;
+        create_private_dir(&config.data_dir)?;
         let config = Arc::new(config);
         let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?.with_min_free_bytes(config.min_free_bytes));
         let metrics = Arc::new(Metrics::new());
@@ -241,6 +239,11 @@ impl Server {
         accept_loop(&app, &listener, stop).await;
         drop(listener);
 
+        // Sends queued before the stop reach disk and get their acks before
+        // the sockets close, so clients need not resend them.
+        if tokio::time::timeout(app.config.drain, app.hub.wait_for_writer()).await.is_err() {
+            tracing::warn!("queued writes did not reach disk within the drain time; closing anyway");
+        }
         tracing::info!("shutting down: closing connections");
         trigger.trigger();
         let remaining = app.drain(app.config.drain).await;
@@ -394,6 +397,27 @@ fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "http connection ended with an error");
     }
+}
+
+/// Creates the data directory with mode 0700, because it contains password
+/// hashes, sessions and messages. An existing directory that others may
+/// read is kept as it is, with a warning.
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("failed to create data directory {} (--data-dir)", path.display()))?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "data directory is readable by other users: run chmod 700 on it"
+        );
+    }
+    Ok(())
 }
 
 /// Continues the id sequence after the stored lease and persists a new one.

@@ -240,7 +240,17 @@ async fn write_loop(
         tokio::select! {
             biased;
             code = connection.close.requested() => return close_socket(writer, code).await,
-            _ = shutdown.wait() => return close_socket(writer, CLOSE_GOING_AWAY).await,
+            _ = shutdown.wait() => {
+                // Acks of sends that reached disk before the stop are still
+                // queued; they go out before the close frame.
+                while let Ok(frame) = frames.try_recv() {
+                    if !write_with_timeout(writer, text_frame(&frame)).await {
+                        break;
+                    }
+                }
+                let _ = flush_with_timeout(writer).await;
+                return close_socket(writer, CLOSE_GOING_AWAY).await;
+            }
             frame = control.recv() => {
                 let Some(frame) = frame else {
                     // The reader ended without asking for a close: the peer is gone.
