@@ -14,8 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Bits of an id below the millisecond timestamp.
 pub const COUNTER_BITS: u32 = 16;
 
-/// How far ahead of the last issued id the persisted lease reaches: 60 seconds of ids.
-pub const LEASE_SPAN: u64 = 60_000 << COUNTER_BITS;
+/// How far ahead of the last issued id the persisted lease reaches: 2
+/// seconds of ids. After a restart new ids start at the lease, so their
+/// timestamps run up to this far ahead of the clock until it catches up.
+pub const LEASE_SPAN: u64 = 2_000 << COUNTER_BITS;
 
 /// Milliseconds since the Unix epoch by the wall clock.
 pub fn now_ms() -> u64 {
