@@ -250,7 +250,7 @@ impl Server {
         if remaining > 0 {
             tracing::warn!(remaining, "drain deadline passed with connections still open");
         }
-        // Each aborted task is awaited, so that no task still holds the
+        // Each aborted task is awaited, so that no task still keeps the
         // database when run returns and a new server can open it at once.
         if let Some(backups) = backups {
             // A backup in progress holds the write gate; stopping it drops
@@ -431,7 +431,7 @@ pub(crate) async fn resume_sequencer(store: &Store) -> anyhow::Result<Sequencer>
     Ok(sequencer)
 }
 
-/// The community of a new data directory: one category with "general" and
+/// Builds the community of a new data directory: one category with "general" and
 /// the admins-only "announcements".
 fn default_layout(config: &Config, sequencer: &Sequencer) -> Layout {
     let channel = |name: &str, topic: &str, post| Channel {

@@ -11,7 +11,7 @@ use crate::protocol::{self, ack_frame, error_frame};
 use crate::store::writer::{Change, Completion, QueueError, WriteRequest};
 use crate::store::{Message, NonceRecord, PostPolicy, Role, StoreError};
 
-/// Where the outcome of a write goes once it is on disk.
+/// The destination of a write's outcome once it is on disk.
 pub enum Reply {
     /// A WebSocket connection: an `ack` frame for a send, or an `error`
     /// frame with code `unavailable` when the write failed. The permit, if
@@ -196,7 +196,7 @@ impl Hub {
         Ok(pending)
     }
 
-    /// The message an earlier send of this nonce created, if any.
+    /// Returns the message an earlier send of this nonce created, if any.
     fn find_nonce(
         &self,
         pending: &super::PendingNonces,
@@ -314,6 +314,6 @@ fn completion(reply: Reply, ack: Option<(&str, &Arc<Message>)>) -> Completion {
 }
 
 fn queue_error(error: QueueError) -> ApiError {
-    tracing::warn!(%error, "write refused");
+    tracing::warn!(%error, "write rejected: the writer queue is full or stopped");
     ApiError::new(ErrorCode::Unavailable, format!("server is busy ({error}): retry shortly"))
 }
