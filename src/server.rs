@@ -138,6 +138,7 @@ impl Server {
         create_private_dir(&config.data_dir)?;
         let config = Arc::new(config);
         let store = Arc::new(Store::open(&config.data_dir, config.cache_bytes)?.with_min_free_bytes(config.min_free_bytes));
+        warn_if_readable_by_others(&config.data_dir);
         let metrics = Arc::new(Metrics::new());
 
         let sequencer = Arc::new(resume_sequencer(&store).await?);
@@ -400,16 +401,22 @@ fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
 }
 
 /// Creates the data directory with mode 0700, because it contains password
-/// hashes, sessions and messages. An existing directory that others may
-/// read is kept as it is, with a warning.
+/// hashes, sessions and messages. An existing directory is kept as it is.
 fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .with_context(|| format!("failed to create data directory {} (--data-dir)", path.display()))?;
-    let mode = std::fs::metadata(path)?.permissions().mode();
+        .with_context(|| format!("failed to create data directory {} (--data-dir)", path.display()))
+}
+
+/// Warns when other users may read the data directory. Called after the
+/// database lock is taken, so a second instance prints only its lock error.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else { return };
+    let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
         tracing::warn!(
             path = %path.display(),
@@ -417,7 +424,6 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
             "data directory is readable by other users: run chmod 700 on it"
         );
     }
-    Ok(())
 }
 
 /// Continues the id sequence after the stored lease and persists a new one.
