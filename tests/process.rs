@@ -3,25 +3,20 @@
 //! shutdown on SIGTERM.
 
 mod common;
+mod spawn;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
+use spawn::{next_json, Api, ServerProcess};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Maximum unacknowledged sends per client in the kill test. It stays below
 /// the default --send-queue of 1024 frames, because one group commit can
@@ -32,244 +27,6 @@ const IN_FLIGHT: usize = 256;
 /// How often a wait loop checks for its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A spawned `aura serve`, killed with SIGKILL when dropped so that a failing
-/// test leaves no process behind.
-struct ServerProcess {
-    child: Child,
-    /// Everything the process wrote to stderr so far.
-    stderr: Arc<Mutex<String>>,
-    /// The thread that copies stderr into `stderr` until EOF.
-    reader: Option<JoinHandle<()>>,
-}
-
-impl ServerProcess {
-    /// Starts `aura serve` on `data_dir`, listening on a free loopback port.
-    fn spawn(data_dir: &Path) -> ServerProcess {
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            // The clients below send as fast as they can, far above the per-user limit.
-            .args(["--send-burst", "1000000", "--send-per-second", "100000"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the aura binary starts");
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let reader = std::thread::spawn({
-            let stderr = stderr.clone();
-            move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let mut text = stderr.lock().unwrap();
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            }
-        });
-        ServerProcess {
-            child,
-            stderr,
-            reader: Some(reader),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the `listening on ADDR` log line and returns the address.
-    async fn listening(&mut self) -> SocketAddr {
-        for _ in 0..(30_000 / POLL_INTERVAL.as_millis()) {
-            if let Some(addr) = parse_listening(&self.stderr.lock().unwrap()) {
-                return addr;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("aura exited with {status} before listening; stderr:\n{}", self.stderr_text());
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        panic!("aura did not log 'listening on' within 30 s; stderr:\n{}", self.stderr_text());
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    async fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        for _ in 0..(limit.as_millis() / POLL_INTERVAL.as_millis()).max(1) {
-            if let Some(status) = self.child.try_wait().expect("try_wait works") {
-                return Some(status);
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        self.child.try_wait().expect("try_wait works")
-    }
-
-    /// Stderr so far.
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Stderr after the process exited, once the copy thread read all of it.
-    fn final_stderr(&mut self) -> String {
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        self.stderr_text()
-    }
-
-    /// Sends SIGKILL and reaps the process.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
-}
-
-/// Parses the address from a `listening on 127.0.0.1:PORT` log line.
-fn parse_listening(stderr: &str) -> Option<SocketAddr> {
-    let rest = stderr.split("listening on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// A bearer-authenticated HTTP client for a spawned server.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    /// Registers `name` as admin with the setup code in `data_dir` and logs in.
-    async fn register_admin(addr: SocketAddr, data_dir: &Path, name: &str) -> Api {
-        let code = std::fs::read_to_string(data_dir.join("setup-code")).expect("the setup-code file exists");
-        let base = format!("http://{addr}");
-        let response = http()
-            .post(format!("{base}/api/register"))
-            .json(&json!({"username": name, "password": PASSWORD, "setup_code": code.trim()}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "admin registration succeeds");
-        Api::login(addr, name).await
-    }
-
-    async fn login(addr: SocketAddr, name: &str) -> Api {
-        let base = format!("http://{addr}");
-        let response = http()
-            .post(format!("{base}/api/session"))
-            .json(&json!({"username": name, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "login succeeds");
-        let body: Value = response.json().await.unwrap();
-        Api {
-            base,
-            token: body["token"].as_str().unwrap().to_string(),
-            http: http(),
-        }
-    }
-
-    /// Returns the same session on a restarted server at `addr`.
-    fn at(&self, addr: SocketAddr) -> Api {
-        Api {
-            base: format!("http://{addr}"),
-            token: self.token.clone(),
-            http: http(),
-        }
-    }
-
-    async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post_message(&self, channel: &str, content: &str, nonce: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/api/channels/{channel}/messages", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({"content": content, "nonce": nonce}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn general(&self) -> String {
-        let (status, layout) = self.get_json("/api/layout").await;
-        assert_eq!(status, 200, "the layout loads: {layout}");
-        channel_in_layout(&layout, "general")
-    }
-
-    /// Reads every change in a channel with `after=0`, page by page.
-    async fn all_changes(&self, channel: &str) -> Vec<Value> {
-        let mut changes = Vec::new();
-        let mut after = "0".to_string();
-        for _ in 0..1000 {
-            let (status, body) = self
-                .get_json(&format!("/api/channels/{channel}/messages?after={after}&limit=200"))
-                .await;
-            assert_eq!(status, 200, "polling after={after} succeeds: {body}");
-            let page = body["messages"].as_array().unwrap().clone();
-            if let Some(last) = page.last() {
-                after = last["rev"].as_str().unwrap().to_string();
-            }
-            changes.extend(page);
-            if body["has_more"] != true {
-                return changes;
-            }
-        }
-        panic!("polling did not reach the end within 1000 pages");
-    }
-
-    /// Opens a WebSocket with the bearer token and reads `ready`.
-    async fn connect(&self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
-        let url = format!("{}/ws", self.base.replacen("http://", "ws://", 1));
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Authorization", format!("Bearer {}", self.token).parse().unwrap());
-        let (mut stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
-        let ready = next_json(&mut stream).await.expect("ready arrives");
-        assert_eq!(ready["op"], "ready", "the first frame is ready: {ready}");
-        stream
-    }
-}
-
-/// Reads the next text frame as JSON, or `None` once the connection ends.
-async fn next_json<S>(stream: &mut S) -> Option<Value>
-where
-    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match tokio::time::timeout(TIMEOUT * 3, stream.next()).await.ok()?? {
-            Ok(WsMessage::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
-            Ok(WsMessage::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
 /// Builds the content of the message sent with `nonce` in the kill test.
 fn kill_content(nonce: &str) -> String {
     format!("durable {nonce}")
@@ -278,10 +35,10 @@ fn kill_content(nonce: &str) -> String {
 #[tokio::test]
 async fn second_instance_exits_with_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = ServerProcess::spawn(dir.path());
+    let mut first = ServerProcess::spawn(dir.path(), &[]);
     let addr = first.listening().await;
 
-    let mut second = ServerProcess::spawn(dir.path());
+    let mut second = ServerProcess::spawn(dir.path(), &[]);
     let status = second
         .exit_within(Duration::from_secs(10))
         .await
@@ -302,7 +59,7 @@ async fn second_instance_exits_with_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::spawn(dir.path());
+    let mut server = ServerProcess::spawn(dir.path(), &[]);
     let addr = server.listening().await;
     let api = Api::register_admin(addr, dir.path(), "ana").await;
     let general = api.general().await;
@@ -372,10 +129,10 @@ async fn acked_messages_survive_kill() {
     let sent = sent.lock().unwrap().clone();
     assert!(!acks.is_empty(), "some sends were acknowledged before the kill");
 
-    let mut restarted = ServerProcess::spawn(dir.path());
+    let mut restarted = ServerProcess::spawn(dir.path(), &[]);
     let addr = restarted.listening().await;
     let api = api.at(addr);
-    let changes = api.all_changes(&general).await;
+    let changes = api.changes_after(&general, "0").await;
 
     let mut stored: HashMap<String, Vec<&Value>> = HashMap::new();
     for message in &changes {
@@ -436,7 +193,7 @@ async fn acked_messages_survive_kill() {
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::spawn(dir.path());
+    let mut server = ServerProcess::spawn(dir.path(), &[]);
     let addr = server.listening().await;
     let api = Api::register_admin(addr, dir.path(), "ana").await;
     let general = api.general().await;
@@ -474,11 +231,11 @@ async fn sigterm_shuts_down_cleanly() {
     let stderr = server.final_stderr();
     assert!(stderr.contains("shutdown complete"), "the server logs 'shutdown complete':\n{stderr}");
 
-    let mut restarted = ServerProcess::spawn(dir.path());
+    let mut restarted = ServerProcess::spawn(dir.path(), &[]);
     let addr = restarted.listening().await;
     let stored: Vec<String> = api
         .at(addr)
-        .all_changes(&general)
+        .changes_after(&general, "0")
         .await
         .iter()
         .map(|message| message["content"].as_str().unwrap().to_string())
