@@ -34,7 +34,7 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// hashing stays cheap.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
-/// File in the data directory that holds the setup code while no admin exists.
+/// File in the data directory that contains the setup code while no admin exists.
 pub const SETUP_CODE_FILE: &str = "setup-code";
 
 /// How a request presented its token.

@@ -14,7 +14,7 @@ use crate::ids::now_ms;
 use crate::protocol::UserView;
 use crate::store::{Role, Store};
 
-/// Longest tier or mute duration the CLI accepts: 100 years, in days.
+/// Maximum tier or mute duration the CLI accepts: 100 years, in days.
 const MAX_DAYS: f64 = 36_500.0;
 
 /// Runs one `aura user` subcommand.
@@ -116,7 +116,7 @@ fn print_response(response: AdminResponse) -> anyhow::Result<()> {
             print_user(&user);
             Ok(())
         }
-        AdminResponse::Backup { .. } => bail!("the server answered a user command with a backup report"),
+        AdminResponse::Backup { .. } => bail!("the server returned a backup report for a user command: upgrade aura so that client and server match"),
         AdminResponse::Unlocked { name, unlocked: true } => {
             println!("{name}: login lock cleared");
             Ok(())

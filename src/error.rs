@@ -100,7 +100,7 @@ impl ApiError {
     }
 
     /// The error for a channel that does not exist or that the user may not
-    /// read. Both cases give the same answer so that it reveals nothing.
+    /// read. Both cases get the same response, so it reveals nothing.
     pub fn channel_not_found() -> Self {
         Self::not_found("channel not found")
     }

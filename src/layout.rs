@@ -79,7 +79,7 @@ pub fn rename_category(layout: &mut Layout, id: u64, name: &str) -> Result<(), A
     Ok(())
 }
 
-/// Removes an empty category; one that still holds channels is a conflict.
+/// Removes an empty category; one that still contains channels is a conflict.
 pub fn delete_category(layout: &mut Layout, id: u64) -> Result<(), ApiError> {
     let index = category_index(layout, id)?;
     if !layout.categories[index].channels.is_empty() {

@@ -32,7 +32,7 @@ use crate::protocol::{page_limit, UserView};
 use crate::server::App;
 use crate::throttle::LoginOutcome;
 
-/// Longest long-poll wait a client may request, in seconds.
+/// Maximum long-poll wait a client may request, in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
 
 /// Content-Security-Policy of every response: scripts, styles and

@@ -162,7 +162,7 @@ impl Hub {
         Ok((outcome, layout))
     }
 
-    /// Marks a removed channel's state deleted and tells its subscribers.
+    /// Marks a removed channel's state deleted and notifies its subscribers.
     fn end_channel(&self, hub: &super::ChannelHub) {
         let mut state = hub.state.lock();
         state.deleted = true;
@@ -252,7 +252,7 @@ impl Hub {
         }
     }
 
-    /// Ends a subscription and tells the client why.
+    /// Ends a subscription and sends the client the reason.
     fn force_unsubscribe(&self, handle: &ConnHandle, channel: u64, reason: UnsubscribeReason) {
         self.unsubscribe(handle, channel);
         handle.outbox.push(unsubscribed_frame(channel, reason));

@@ -174,7 +174,7 @@ impl ChannelState {
 }
 
 impl ChannelState {
-    /// Whether the window holds a message with this id.
+    /// Returns whether the window contains a message with this id.
     pub fn holds(&self, id: u64) -> bool {
         self.rev_of.contains_key(&id)
     }
