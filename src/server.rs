@@ -240,11 +240,6 @@ impl Server {
         accept_loop(&app, &listener, stop).await;
         drop(listener);
 
-        // Sends queued before the stop reach disk and get their acks before
-        // the sockets close, so clients need not resend them.
-        if tokio::time::timeout(app.config.drain, app.hub.wait_for_writer()).await.is_err() {
-            tracing::warn!("queued writes did not reach disk within the drain time; closing anyway");
-        }
         tracing::info!("shutting down: closing connections");
         trigger.trigger();
         let remaining = app.drain(app.config.drain).await;

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,11 @@ struct Connection {
     fragment_started: AtomicU64,
     /// Permits for writes in flight: `--send-queue` / [`IN_FLIGHT_SHARE`].
     in_flight: Arc<Semaphore>,
+    /// Number of permits `in_flight` was created with.
+    in_flight_limit: usize,
+    /// Set once the writer is closing the socket; from then on the reader
+    /// starts no write, because its ack could no longer reach the client.
+    closing: AtomicBool,
     /// The connection's count in the user's presence; taken, which ends the
     /// count, as soon as the connection is known to be dead.
     presence_slot: Mutex<Option<ConnectionSlot>>,
@@ -174,6 +179,7 @@ async fn serve(
         outbox,
         subscriptions: Arc::new(Mutex::new(HashSet::new())),
     };
+    let in_flight_limit = (app.config.send_queue / IN_FLIGHT_SHARE).max(1);
     let connection = Arc::new(Connection {
         app: app.clone(),
         user,
@@ -181,7 +187,9 @@ async fn serve(
         close,
         last_seen: AtomicU64::new(now_ms()),
         fragment_started: AtomicU64::new(0),
-        in_flight: Arc::new(Semaphore::new((app.config.send_queue / IN_FLIGHT_SHARE).max(1))),
+        in_flight: Arc::new(Semaphore::new(in_flight_limit)),
+        in_flight_limit,
+        closing: AtomicBool::new(false),
         presence_slot: Mutex::new(Some(slot)),
     });
     app.presence
@@ -191,6 +199,7 @@ async fn serve(
     let (control_sender, control_receiver) = mpsc::channel(CONTROL_QUEUE);
     let mut read_task = tokio::spawn(read_loop(connection.clone(), reader, control_sender).in_current_span());
     let code = write_loop(&connection, &mut writer, frames, control_receiver).await;
+    connection.closing.store(true, Ordering::Release);
     // The connection is dead or closing: it stops counting now, not after
     // the reader has finished.
     connection.end_presence();
@@ -241,8 +250,13 @@ async fn write_loop(
             biased;
             code = connection.close.requested() => return close_socket(writer, code).await,
             _ = shutdown.wait() => {
-                // Acks of sends that reached disk before the stop are still
-                // queued; they go out before the close frame.
+                // Every send this connection started gets its ack before the
+                // close frame: taking all in-flight permits waits for those
+                // acks, and holding them keeps the reader from starting more.
+                let all = u32::try_from(connection.in_flight_limit).unwrap_or(u32::MAX);
+                let drain = connection.app.config.drain;
+                let _quiesced = tokio::time::timeout(drain, connection.in_flight.acquire_many(all)).await;
+                connection.closing.store(true, Ordering::Release);
                 while let Ok(frame) = frames.try_recv() {
                     if !write_with_timeout(writer, text_frame(&frame)).await {
                         break;
@@ -450,9 +464,11 @@ async fn handle_text(connection: &Connection, text: &str) {
         return;
     };
     let hub = &connection.app.hub;
+    // A write waits for an in-flight permit, and is dropped unacknowledged
+    // when the socket started closing meanwhile; the client resends it.
     let reply = || async {
         let permit = connection.in_flight.clone().acquire_owned().await.ok();
-        Reply::Socket(outbox.clone(), permit)
+        (!connection.closing.load(Ordering::Acquire)).then(|| Reply::Socket(outbox.clone(), permit))
     };
 
     let (result, nonce) = match op {
@@ -469,11 +485,18 @@ async fn handle_text(connection: &Connection, text: &str) {
             (Ok(()), None)
         }
         ClientOp::Send { channel, content, nonce } => {
-            let result = hub.send(&user, channel.0, &content, &nonce, reply().await);
+            let Some(reply) = reply().await else { return };
+            let result = hub.send(&user, channel.0, &content, &nonce, reply);
             (result.map(|_| ()), Some(nonce))
         }
-        ClientOp::Edit { id, content } => (hub.edit(&user, id.0, &content, reply().await).map(|_| ()), None),
-        ClientOp::Delete { id } => (hub.delete(&user, id.0, reply().await).map(|_| ()), None),
+        ClientOp::Edit { id, content } => {
+            let Some(reply) = reply().await else { return };
+            (hub.edit(&user, id.0, &content, reply).map(|_| ()), None)
+        }
+        ClientOp::Delete { id } => {
+            let Some(reply) = reply().await else { return };
+            (hub.delete(&user, id.0, reply).map(|_| ()), None)
+        }
         ClientOp::Typing { channel } => (hub.typing(&user, channel.0), None),
         ClientOp::SetPresence { invisible } => {
             let result = crate::presence::set_invisible(&connection.app, user.id, invisible).await;

@@ -912,3 +912,47 @@ async fn shutdown_closes_sockets_1001() {
     assert_eq!(ws_end, Ended::Close(1001), "a subscribed socket is closed with 1001");
     assert_eq!(raw_end, RawEnd::Close(1001), "an idle socket is closed with 1001");
 }
+
+#[tokio::test]
+async fn shutdown_acks_every_saved_send() {
+    let server = TestServer::start().await;
+    let ana = Client::admin(&server, "ana").await;
+    let general = ana.channel_id("general").await;
+    let mut ws = ana.connect(&server).await;
+    ws.subscribe(&general, None, 1).await;
+
+    // The sends and the stop race: whatever the server saves must be acked
+    // before its sockets close.
+    for index in 0..20 {
+        ws.send(json!({"op": "send", "channel": general, "content": format!("late {index}"), "nonce": format!("late-{index}")}))
+            .await;
+    }
+    let stopping = tokio::spawn(server.stop());
+    let mut acked = HashSet::new();
+    loop {
+        let next = tokio::time::timeout(TIMEOUT, ws.stream.next()).await.expect("the socket ends in time");
+        match next {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["op"] == "ack" {
+                    acked.insert(frame["nonce"].as_str().unwrap().to_string());
+                }
+            }
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    let dir = tokio::time::timeout(TIMEOUT * 4, stopping)
+        .await
+        .expect("the server stops in time")
+        .expect("stop did not panic");
+
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let ana = Client::login(&server, "ana").await;
+    let stored = poll_all(&ana, &general, 0).await;
+    for message in &stored {
+        let nonce = message["nonce"].as_str().unwrap();
+        assert!(acked.contains(nonce), "saved message {nonce} was acked before the close; acks: {acked:?}");
+    }
+    server.stop().await;
+}
