@@ -10,7 +10,8 @@
 //! - [`shutdown`]: the signal future and the shutdown broadcast.
 //! - [`http`]: HTTP routing, the API handlers and the WebSocket upgrade.
 //! - [`session`]: one WebSocket connection, its reader and writer.
-//! - [`ws_frames`]: WebSocket frame rules and the reassembly of fragments.
+//! - [`ws_frames`]: the WebSocket frame codec after the handshake, its
+//!   rules and the reassembly of fragments.
 //! - [`hub`]: channels, subscriptions, fan-out and the message write path.
 //! - [`presence`]: who is online, pushed as coalesced deltas, and the
 //!   per-user connection cap.

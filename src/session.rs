@@ -5,8 +5,9 @@
 //! only caller of `read_frame`, which never runs inside a `select!` because
 //! it is not cancellation-safe. The writer loop owns the write half and
 //! drains the connection's [`Outbox`]; nothing else writes to the socket.
-//! The reader passes control frames it must answer (pong, close echo) to
-//! the writer through a small channel.
+//! The reader leaves the control frames it must answer (pong, close echo)
+//! in [`ControlFrames`] for the writer. Frames are read and written with
+//! the codec in [`crate::ws_frames`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio::io::{BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -29,7 +30,7 @@ use crate::ids::now_ms;
 use crate::presence::{ConnectionSlot, Ids, CLOSE_TOO_MANY_CONNECTIONS};
 use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, UserView};
 use crate::server::App;
-use crate::ws_frames::{check_close, Reassembler, MAX_CONTROL_PAYLOAD};
+use crate::ws_frames::{append_frame, check_close, FrameReader, ReadError, Reassembler};
 
 /// Close code: the server is shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -54,9 +55,9 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server waits for the client's close frame after sending its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Capacity of the reader-to-writer control channel, in frames. The reader
-/// waits when it is full, which throttles a client that floods pings.
-const CONTROL_QUEUE: usize = 16;
+/// Bytes of frames the writer collects for one socket write; it stops
+/// adding queued frames once a batch reaches this size.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Share of `--send-queue` that one connection's writes in flight (sent
 /// but not yet acknowledged) may fill with their acks. The reader stops
@@ -68,13 +69,22 @@ const IN_FLIGHT_SHARE: usize = 4;
 /// Frames the writer sends before it flushes the socket buffer.
 const FRAMES_PER_FLUSH: usize = 64;
 
-type SocketRead = WebSocketRead<ReadHalf<TokioIo<Upgraded>>>;
-type SocketWrite = WebSocketWrite<BufWriter<WriteHalf<TokioIo<Upgraded>>>>;
+type SocketRead = FrameReader<ReadHalf<TokioIo<Upgraded>>>;
+type SocketWrite = WriteHalf<TokioIo<Upgraded>>;
 
-/// A control frame the reader asks the writer to send.
-struct Control {
-    opcode: OpCode,
-    payload: Vec<u8>,
+/// Control frames the reader leaves for the writer to send. The reader
+/// notifies [`Connection::control_ready`] after each change.
+#[derive(Default)]
+struct ControlFrames {
+    /// Payload of the pong that answers the most recent ping. A newer ping
+    /// replaces an unanswered one, which RFC 6455 section 5.5.3 allows, so
+    /// a client that floods pings costs no memory.
+    pong: Option<Vec<u8>>,
+    /// The client's close frame to echo: `Some(None)` for an empty close,
+    /// `Some(Some(code))` for one with a status code.
+    close_echo: Option<Option<u16>>,
+    /// Set when the read loop has ended, for whatever reason.
+    reader_ended: bool,
 }
 
 /// State shared by the reader and the writer of one connection.
@@ -102,6 +112,10 @@ struct Connection {
     /// The connection's count in the user's presence; taken, which ends the
     /// count, as soon as the connection is known to be dead.
     presence_slot: Mutex<Option<ConnectionSlot>>,
+    /// Control frames waiting for the writer.
+    control: Mutex<ControlFrames>,
+    /// Wakes the writer after the reader changed `control`.
+    control_ready: Notify,
 }
 
 impl Connection {
@@ -162,17 +176,10 @@ async fn serve(
     conn: u64,
     slot: ConnectionSlot,
 ) {
-    // Frames go through a buffer that the writer flushes when its queue is empty.
-    let (read_half, write_half) = tokio::io::split(socket.into_inner());
-    let (mut reader, mut writer) =
-        fastwebsockets::after_handshake_split(read_half, BufWriter::new(write_half), fastwebsockets::Role::Server);
-    writer.set_writev(false);
-    // fastwebsockets rejects a single frame of this size or more; the whole
-    // message is checked against the limit while fragments are collected.
-    reader.set_max_message_size(app.config.max_frame_bytes + 1);
-    reader.set_auto_pong(true);
-    // Close frames are checked and echoed by the read loop; see ws_frames.
-    reader.set_auto_close(false);
+    let (read_half, mut writer) = tokio::io::split(socket.into_inner());
+    // A single frame over the limit is rejected before it is read; the
+    // whole message is checked against it while fragments are collected.
+    let reader = FrameReader::new(read_half, app.config.max_frame_bytes);
 
     let (outbox, frames, close) = Outbox::new(conn, app.config.send_queue);
     let handle = ConnHandle {
@@ -191,14 +198,15 @@ async fn serve(
         in_flight_limit,
         closing: AtomicBool::new(false),
         presence_slot: Mutex::new(Some(slot)),
+        control: Mutex::new(ControlFrames::default()),
+        control_ready: Notify::new(),
     });
     app.presence
         .attach(conn, &connection.handle.outbox, |online| ready_frame(&connection, online));
     app.hub.register_connection(connection.user.id, handle);
 
-    let (control_sender, control_receiver) = mpsc::channel(CONTROL_QUEUE);
-    let mut read_task = tokio::spawn(read_loop(connection.clone(), reader, control_sender).in_current_span());
-    let code = write_loop(&connection, &mut writer, frames, control_receiver).await;
+    let mut read_task = tokio::spawn(read_loop(connection.clone(), reader).in_current_span());
+    let code = write_loop(&connection, &mut writer, frames).await;
     connection.closing.store(true, Ordering::Release);
     // The connection is dead or closing: it stops counting now, not after
     // the reader has finished.
@@ -236,7 +244,6 @@ async fn write_loop(
     connection: &Connection,
     writer: &mut SocketWrite,
     mut frames: mpsc::Receiver<Bytes>,
-    mut control: mpsc::Receiver<Control>,
 ) -> u16 {
     let config = &connection.app.config;
     let heartbeat_timeout = config.heartbeat.mul_f64(2.5);
@@ -258,23 +265,15 @@ async fn write_loop(
                 let _quiesced = tokio::time::timeout(drain, connection.in_flight.acquire_many(all)).await;
                 connection.closing.store(true, Ordering::Release);
                 while let Ok(frame) = frames.try_recv() {
-                    if !write_with_timeout(writer, text_frame(&frame)).await {
+                    if !write_queued(writer, frame, &mut frames).await {
                         break;
                     }
                 }
-                let _ = flush_with_timeout(writer).await;
                 return close_socket(writer, CLOSE_GOING_AWAY).await;
             }
-            frame = control.recv() => {
-                let Some(frame) = frame else {
-                    // The reader ended without asking for a close: the peer is gone.
-                    return CLOSE_ABNORMAL;
-                };
-                let is_close = frame.opcode == OpCode::Close;
-                let sent = write_with_timeout(writer, Frame::new(true, frame.opcode, None, Payload::Owned(frame.payload))).await
-                    && flush_with_timeout(writer).await;
-                if is_close || !sent {
-                    return if is_close { 1000 } else { CLOSE_ABNORMAL };
+            _ = connection.control_ready.notified() => {
+                if let Some(code) = write_control(connection, writer).await {
+                    return code;
                 }
             }
             frame = frames.recv() => {
@@ -304,40 +303,65 @@ async fn write_loop(
     }
 }
 
-/// Writes `first` and whatever else is queued, up to [`FRAMES_PER_FLUSH`],
-/// then flushes. Returns false when a write failed or stalled.
+/// Writes `first` and whatever else is queued, up to [`FRAMES_PER_FLUSH`]
+/// frames or [`WRITE_BATCH_BYTES`], in one socket write. Returns false when
+/// the write failed or stalled.
 async fn write_queued(writer: &mut SocketWrite, first: Bytes, frames: &mut mpsc::Receiver<Bytes>) -> bool {
-    if !write_with_timeout(writer, text_frame(&first)).await {
-        return false;
-    }
+    let mut batch = Vec::with_capacity(first.len() + 10);
+    append_frame(&mut batch, OpCode::Text, &first);
     for _ in 1..FRAMES_PER_FLUSH {
-        let Ok(next) = frames.try_recv() else { break };
-        if !write_with_timeout(writer, text_frame(&next)).await {
-            return false;
+        if batch.len() >= WRITE_BATCH_BYTES {
+            break;
         }
+        let Ok(next) = frames.try_recv() else { break };
+        append_frame(&mut batch, OpCode::Text, &next);
     }
-    flush_with_timeout(writer).await
+    write_with_timeout(writer, &batch).await
 }
 
-fn text_frame(bytes: &Bytes) -> Frame<'_> {
-    Frame::text(Payload::Borrowed(bytes))
+/// Writes the control frames the reader left. Returns the close code once
+/// the connection is over: 1000 after echoing the client's close, or
+/// [`CLOSE_ABNORMAL`] when the reader ended without one or the write failed.
+async fn write_control(connection: &Connection, writer: &mut SocketWrite) -> Option<u16> {
+    let (pong, close_echo, reader_ended) = {
+        let mut control = connection.control.lock();
+        (control.pong.take(), control.close_echo.take(), control.reader_ended)
+    };
+    let mut batch = Vec::new();
+    if let Some(payload) = pong {
+        append_frame(&mut batch, OpCode::Pong, &payload);
+    }
+    if let Some(code) = close_echo {
+        let payload = code.map(u16::to_be_bytes);
+        append_frame(&mut batch, OpCode::Close, payload.as_ref().map_or(&[][..], |bytes| &bytes[..]));
+    }
+    let written = batch.is_empty() || write_with_timeout(writer, &batch).await;
+    if close_echo.is_some() {
+        return Some(1000);
+    }
+    // A reader that ended without a close frame to echo asked for its close
+    // code first, or the peer is gone.
+    (!written || reader_ended).then_some(CLOSE_ABNORMAL)
 }
 
-async fn write_with_timeout(writer: &mut SocketWrite, frame: Frame<'_>) -> bool {
-    matches!(tokio::time::timeout(WRITE_STALL_TIMEOUT, writer.write_frame(frame)).await, Ok(Ok(())))
-}
-
-async fn flush_with_timeout(writer: &mut SocketWrite) -> bool {
-    matches!(tokio::time::timeout(WRITE_STALL_TIMEOUT, writer.flush()).await, Ok(Ok(())))
+async fn write_with_timeout(writer: &mut SocketWrite, bytes: &[u8]) -> bool {
+    let write = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_STALL_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 /// Sends a close frame with `code`, unless the peer is already gone, and
 /// returns the code.
 async fn close_socket(writer: &mut SocketWrite, code: u16) -> u16 {
     if code != CLOSE_ABNORMAL {
-        let reason = close_reason(code);
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(close_reason(code).as_bytes());
+        let mut frame = Vec::with_capacity(payload.len() + 2);
+        append_frame(&mut frame, OpCode::Close, &payload);
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            writer.write_frame(Frame::close(code, reason.as_bytes())).await?;
+            writer.write_all(&frame).await?;
             writer.flush().await
         })
         .await;
@@ -361,26 +385,21 @@ fn close_reason(code: u16) -> &'static str {
 }
 
 /// Reads frames until the client closes or breaks the protocol, and handles
-/// each complete message. fastwebsockets queues a pong through
-/// `send_control` for each ping as it arrives, also between the fragments
-/// of a message.
-async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control: mpsc::Sender<Control>) {
-    let mut send_control = |frame: Frame<'_>| {
-        let control = control.clone();
-        let owned = Control {
-            opcode: frame.opcode,
-            payload: frame.payload.to_vec(),
-        };
-        async move { control.send(owned).await.map_err(|_| std::io::Error::other("writer has stopped")) }
-    };
+/// each complete message. A ping is answered through [`ControlFrames`] as
+/// it arrives, also between the fragments of a message.
+async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead) {
+    let _ended = ReaderEnded(&connection);
     let config = &connection.app.config;
     let mut reassembler = Reassembler::new(config.max_frame_bytes, config.max_fragments);
 
     loop {
-        let frame = match reader.read_frame(&mut send_control).await {
+        let frame = match reader.read_frame().await {
             Ok(frame) => frame,
             Err(error) => {
-                let code = close_code_for(&error);
+                let code = match error {
+                    ReadError::Io(_) => CLOSE_ABNORMAL,
+                    ReadError::Protocol(code) => code,
+                };
                 tracing::debug!(%error, code, "read ended");
                 connection.close.request(code);
                 return;
@@ -389,28 +408,25 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control:
         connection.last_seen.store(now_ms(), Ordering::Release);
 
         match frame.opcode {
-            // fastwebsockets checks only pings against this limit.
-            OpCode::Close | OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
-                connection.close.request(CLOSE_PROTOCOL_ERROR);
-                return;
-            }
             OpCode::Close => {
-                match check_close(&frame.payload) {
-                    Ok(code) => {
-                        // Echo the status code; the writer ends the connection after sending it.
-                        let payload = code.map(|code| code.to_be_bytes().to_vec()).unwrap_or_default();
-                        let _ = control.send(Control { opcode: OpCode::Close, payload }).await;
-                    }
+                match check_close(frame.payload) {
+                    // The writer echoes the status code, then ends the connection.
+                    Ok(code) => connection.control.lock().close_echo = Some(code),
                     Err(code) => connection.close.request(code),
                 }
                 return;
             }
-            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Ping => {
+                connection.control.lock().pong = Some(frame.payload.to_vec());
+                connection.control_ready.notify_one();
+                continue;
+            }
+            OpCode::Pong => continue,
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
         }
 
         let starts_message = !reassembler.in_progress();
-        let complete = match reassembler.push(frame.fin, frame.opcode, &frame.payload) {
+        let complete = match reassembler.push(frame.fin, frame.opcode, frame.payload) {
             Ok(Some(message)) => message,
             Ok(None) => {
                 if starts_message {
@@ -438,13 +454,14 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead, control:
     }
 }
 
-fn close_code_for(error: &WebSocketError) -> u16 {
-    match error {
-        WebSocketError::InvalidUTF8 => CLOSE_INVALID_UTF8,
-        WebSocketError::FrameTooLarge => CLOSE_TOO_BIG,
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => CLOSE_ABNORMAL,
-        WebSocketError::SendError(_) => CLOSE_ABNORMAL,
-        _ => CLOSE_PROTOCOL_ERROR,
+/// Marks the read loop as ended when dropped, also when it panics, and
+/// wakes the writer so that it ends the connection.
+struct ReaderEnded<'a>(&'a Connection);
+
+impl Drop for ReaderEnded<'_> {
+    fn drop(&mut self) {
+        self.0.control.lock().reader_ended = true;
+        self.0.control_ready.notify_one();
     }
 }
 

@@ -294,3 +294,65 @@ async fn binary_message_gets_error_and_stays_open() {
     assert_eq!(reply["op"], "heartbeat_ack", "the connection stays open after a binary message: {reply}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn unmasked_client_frame_gets_1002() {
+    let frames = FrameServer::start().await;
+    let (mut client, _) = RawClient::connect(&frames.server, &frames.token).await;
+    let mut frame = vec![0x81, HEARTBEAT.len() as u8];
+    frame.extend_from_slice(HEARTBEAT);
+    tokio::io::AsyncWriteExt::write_all(&mut client.stream, &frame).await.unwrap();
+    assert_eq!(client.closed().await, RawEnd::Close(1002), "an unmasked client frame is answered with 1002");
+    frames.stop().await;
+}
+
+#[tokio::test]
+async fn frame_sent_byte_by_byte_is_read() {
+    let (server, mut client) = raw_session(|_| {}).await;
+    let frame = raw::encode_client_frame(true, raw::TEXT, HEARTBEAT);
+    for byte in frame {
+        tokio::io::AsyncWriteExt::write_all(&mut client.stream, &[byte]).await.unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut client.stream).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let reply = client.recv_json().await;
+    assert_eq!(reply["op"], "heartbeat_ack", "a frame that arrives one byte per segment is read whole: {reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn frames_in_one_segment_are_all_read() {
+    let (server, mut client) = raw_session(|_| {}).await;
+    let big = format!(r#"{{"op":"heartbeat","pad":"{}"}}"#, "x".repeat(FRAME_LIMIT - 100));
+    let mut bytes = Vec::new();
+    for round in 0..30 {
+        let text = if round % 3 == 0 { big.as_bytes() } else { HEARTBEAT };
+        bytes.extend(raw::encode_client_frame(true, raw::TEXT, text));
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut client.stream, &bytes).await.unwrap();
+    for round in 0..30 {
+        let reply = client.recv_json().await;
+        assert_eq!(reply["op"], "heartbeat_ack", "frame {round} of 30 written at once is answered: {reply}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ping_flood_gets_pong_and_stays_open() {
+    let (server, mut client) = raw_session(|_| {}).await;
+    let mut bytes = Vec::new();
+    for round in 0..1000u32 {
+        bytes.extend(raw::encode_client_frame(true, raw::PING, &round.to_be_bytes()));
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut client.stream, &bytes).await.unwrap();
+    let mut last_pong = None;
+    while last_pong != Some(999u32.to_be_bytes().to_vec()) {
+        let frame = client.read_frame().await.expect("the connection stays open during a ping flood");
+        assert_eq!(frame.opcode, raw::PONG, "only pongs answer pings: {frame:?}");
+        last_pong = Some(frame.payload);
+    }
+    client.send_text(std::str::from_utf8(HEARTBEAT).unwrap()).await;
+    let reply = client.recv_json().await;
+    assert_eq!(reply["op"], "heartbeat_ack", "the connection works after a ping flood: {reply}");
+    server.stop().await;
+}
