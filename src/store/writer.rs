@@ -15,7 +15,7 @@ use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{encode, nonce_key, pair_key};
-use super::{Message, NonceRecord, Store, StoreError};
+use super::{Message, NonceRecord, Store, StoreError, Trees};
 use crate::ids::Sequencer;
 use crate::metrics::Metrics;
 
@@ -85,6 +85,58 @@ impl WriterHandle {
             mpsc::error::TrySendError::Full(_) => QueueError::Full,
             mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
         })
+    }
+}
+
+/// One batch of changes, split by the tree each write goes to.
+#[derive(Default)]
+struct TreeBatches {
+    messages: sled::Batch,
+    revs: sled::Batch,
+    channel_of: sled::Batch,
+    nonces: sled::Batch,
+    meta: sled::Batch,
+}
+
+impl TreeBatches {
+    fn of(changes: &[Change]) -> TreeBatches {
+        let mut batches = TreeBatches::default();
+        for change in changes {
+            let message = &change.message;
+            if let Some(old) = change.replaced_rev {
+                batches.revs.remove(&pair_key(message.channel, old));
+            }
+            batches.revs.insert(&pair_key(message.channel, message.rev), encode(&message.id));
+            batches.messages.insert(&pair_key(message.channel, message.id), encode(message.as_ref()));
+            if change.replaced_rev.is_none() {
+                batches.channel_of.insert(&message.id.to_be_bytes(), encode(&message.channel));
+            }
+            if let Some((user, nonce, record)) = &change.nonce {
+                batches.nonces.insert(nonce_key(*user, nonce), encode(record));
+            }
+        }
+        batches
+    }
+
+    /// Applies every batch in one sled transaction, so that a crash keeps
+    /// all of it or none, then flushes. Blocks; returns the flush's duration.
+    fn apply_and_flush(self, trees: &Trees) -> Result<Duration, StoreError> {
+        (&trees.messages, &trees.revs, &trees.channel_of, &trees.nonces, &trees.meta)
+            .transaction(|(messages, revs, channel_of, nonces, meta)| {
+                messages.apply_batch(&self.messages)?;
+                revs.apply_batch(&self.revs)?;
+                channel_of.apply_batch(&self.channel_of)?;
+                nonces.apply_batch(&self.nonces)?;
+                meta.apply_batch(&self.meta)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                TransactionError::Storage(error) => StoreError::Sled(error),
+                TransactionError::Abort(()) => StoreError::Unavailable("transaction aborted".into()),
+            })?;
+        let flush_started = Instant::now();
+        trees.db.flush()?;
+        Ok(flush_started.elapsed())
     }
 }
 
@@ -208,50 +260,23 @@ impl Writer {
 
     /// Applies the changes in one transaction, renewing the id lease when it
     /// runs short, and flushes.
+    ///
+    /// The transaction and the flush run on tokio's blocking pool: a batch of
+    /// thousands of changes takes milliseconds of CPU, which would otherwise
+    /// stop one runtime worker from writing to sockets meanwhile.
     async fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let mut messages = sled::Batch::default();
-        let mut revs = sled::Batch::default();
-        let mut channel_of = sled::Batch::default();
-        let mut nonces = sled::Batch::default();
-        let mut meta = sled::Batch::default();
-        for change in changes {
-            let message = &change.message;
-            if let Some(old) = change.replaced_rev {
-                revs.remove(&pair_key(message.channel, old));
-            }
-            revs.insert(&pair_key(message.channel, message.rev), encode(&message.id));
-            messages.insert(&pair_key(message.channel, message.id), encode(message.as_ref()));
-            if change.replaced_rev.is_none() {
-                channel_of.insert(&message.id.to_be_bytes(), encode(&message.channel));
-            }
-            if let Some((user, nonce, record)) = &change.nonce {
-                nonces.insert(nonce_key(*user, nonce), encode(record));
-            }
-        }
+        let mut batches = TreeBatches::of(changes);
         let lease = self.sequencer.lease_to_renew();
         if let Some(lease) = lease {
-            meta.insert(super::LEASE_KEY, encode(&lease));
+            batches.meta.insert(super::LEASE_KEY, encode(&lease));
         }
 
-        let store = &self.store;
-        let _writing = store.begin_write().await?;
-        let trees = store.trees()?;
-        (&trees.messages, &trees.revs, &trees.channel_of, &trees.nonces, &trees.meta)
-            .transaction(|(m, r, c, n, t)| {
-                m.apply_batch(&messages)?;
-                r.apply_batch(&revs)?;
-                c.apply_batch(&channel_of)?;
-                n.apply_batch(&nonces)?;
-                t.apply_batch(&meta)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|error| match error {
-                TransactionError::Storage(error) => StoreError::Sled(error),
-                TransactionError::Abort(()) => StoreError::Unavailable("transaction aborted".into()),
-            })?;
-        let flush_started = Instant::now();
-        store.flush().await?;
-        self.metrics.flush_seconds.observe_duration(flush_started.elapsed());
+        let _writing = self.store.begin_write().await?;
+        let trees = self.store.trees()?;
+        let flush_time = tokio::task::spawn_blocking(move || batches.apply_and_flush(&trees))
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("write task failed: {error}")))??;
+        self.metrics.flush_seconds.observe_duration(flush_time);
         self.metrics.write_batch_size.observe(changes.len() as u64);
 
         if let Some(lease) = lease {
