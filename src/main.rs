@@ -7,6 +7,13 @@ use aura::config::{Cli, Command, LogFormat, ServeArgs};
 use aura::server::Server;
 use clap::Parser;
 
+/// sled allocates and frees a node copy for most inserts, and glibc's
+/// malloc was about a quarter of the CPU time of durable sends in perf
+/// profiles (BENCHMARKS.md). mimalloc raised acks per second at 512 and
+/// 2,048 sends in flight by a fifth or more in the same runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = match &cli.command {
