@@ -138,11 +138,11 @@ struct Args {
     #[arg(long)]
     history_resumes: Option<usize>,
 
-    /// Length of message content in bytes [default: 100].
+    /// Length of message content in bytes.
     #[arg(long, default_value_t = 100)]
     content_bytes: usize,
 
-    /// Member accounts that connections use in turn [default: 8].
+    /// Member accounts that connections use in turn.
     #[arg(long, default_value_t = 8)]
     users: usize,
 
