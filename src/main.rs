@@ -60,9 +60,11 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.validate()?;
-    let server = Server::open(config).await?;
+    // Bind first, so that a busy port leaves no new data directory and
+    // setup code behind.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("failed to listen on {} (--listen)", args.listen))?;
+        .with_context(|| format!("failed to listen on {} (--listen): free the port or choose another", args.listen))?;
+    let server = Server::open(config).await?;
     server.run(listener, aura::shutdown::signal()).await
 }

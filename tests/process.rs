@@ -1,6 +1,6 @@
-//! The `aura` binary as a separate process: the data-directory lock,
-//! durability of acknowledged messages across kill -9, and graceful
-//! shutdown on SIGTERM.
+//! The `aura` binary as a separate process: the data-directory lock, a
+//! busy port, durability of acknowledged messages across kill -9, and
+//! graceful shutdown on SIGTERM.
 
 mod common;
 mod spawn;
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use spawn::{next_json, Api, ServerProcess};
+use spawn::{next_json, run_aura, Api, ServerProcess};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -54,6 +54,20 @@ async fn second_instance_exits_with_error() {
 
     let response = http().get(format!("http://{addr}/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200, "the first instance still serves /healthz");
+}
+
+#[test]
+fn busy_port_leaves_no_data_directory() {
+    let occupant = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = occupant.local_addr().unwrap().to_string();
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = parent.path().join("data");
+
+    let output = run_aura(&["serve", "--listen", &address, "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(!output.status.success(), "serve on a busy port exits with a non-zero status");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--listen"), "the error names the flag: {stderr}");
+    assert!(!data_dir.exists(), "no data directory is created when the port is busy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
