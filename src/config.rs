@@ -137,8 +137,10 @@ pub struct ServeArgs {
     #[arg(long, env = "AURA_DATA_DIR", default_value = "./aura-data")]
     pub data_dir: PathBuf,
 
-    /// Address and port to listen on for HTTP and WebSocket clients.
-    #[arg(long, env = "AURA_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address and port to listen on for HTTP and WebSocket clients: an IP
+    /// address, or a host name such as localhost that resolves to one, with
+    /// a port. A name is resolved once at start-up and the first address is used.
+    #[arg(long, env = "AURA_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Origin that browsers use to reach the server, such as https://chat.example.com.
@@ -566,6 +568,20 @@ impl ServeArgs {
     }
 }
 
+/// Parses `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`, resolving a host name to
+/// its first address.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let invalid = |reason: String| format!("invalid listen address {text:?}: {reason}; expected IP:PORT or HOST:PORT, such as 127.0.0.1:8080");
+    if text.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        return Err(invalid("missing or invalid port".into()));
+    }
+    let mut addresses = std::net::ToSocketAddrs::to_socket_addrs(text).map_err(|error| invalid(error.to_string()))?;
+    addresses.next().ok_or_else(|| invalid("the host name has no address".into()))
+}
+
 /// Parses an interval such as `90s`, `30m`, `6h` or `1d`.
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -664,6 +680,23 @@ mod tests {
         let config = ServeArgs::for_tests("/tmp/x").validate().unwrap();
         assert_eq!(config.tier_rank("elite"), 2);
         assert_eq!(config.tier_rank("platinum"), 0);
+    }
+
+    #[test]
+    fn parse_listen_accepts_addresses_and_localhost() {
+        assert_eq!(parse_listen("127.0.0.1:8080"), Ok("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:9000"), Ok("[::1]:9000".parse().unwrap()));
+        let localhost = parse_listen("localhost:8080").expect("localhost resolves");
+        assert!(localhost.ip().is_loopback(), "localhost resolves to a loopback address: {localhost}");
+        assert_eq!(localhost.port(), 8080);
+    }
+
+    #[test]
+    fn parse_listen_rejects_missing_port() {
+        let error = parse_listen("localhost").unwrap_err();
+        assert!(error.contains("missing or invalid port"), "the error names the port: {error}");
+        assert!(parse_listen("localhost:http").is_err());
+        assert!(parse_listen("127.0.0.1:99999").is_err());
     }
 
     #[test]
