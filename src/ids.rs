@@ -93,6 +93,15 @@ impl Sequencer {
     }
 }
 
+/// Parses a non-empty string of ASCII digits that fits a u64. Unlike
+/// `str::parse`, it rejects a leading `+`, so every id has one spelling.
+pub fn parse_decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// A u64 id that JSON carries as a decimal string, because JavaScript numbers
 /// lose precision above 2^53. Deserialization accepts a string or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -114,9 +123,9 @@ impl<'de> Deserialize<'de> for Id {
             Owned(String),
         }
         let parse = |text: &str| {
-            text.parse::<u64>()
+            parse_decimal(text)
                 .map(Id)
-                .map_err(|_| serde::de::Error::custom(format!("invalid id {text:?}: expected a decimal u64")))
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid id {text:?}: expected a decimal number")))
         };
         match Raw::deserialize(deserializer)? {
             Raw::Number(number) => Ok(Id(number)),
@@ -134,6 +143,21 @@ impl std::fmt::Display for Id {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parse_decimal_accepts_only_digits() {
+        assert_eq!(super::parse_decimal("0"), Some(0));
+        assert_eq!(super::parse_decimal("18446744073709551615"), Some(u64::MAX));
+        for text in ["", "+5", "-5", " 5", "5 ", "5.0", "0x5", "18446744073709551616"] {
+            assert_eq!(super::parse_decimal(text), None, "{text:?} is not an id");
+        }
+    }
+
+    #[test]
+    fn id_rejects_plus_sign() {
+        let parsed: Result<super::Id, _> = serde_json::from_str(r#""+5""#);
+        assert!(parsed.is_err(), "a plus sign is not part of an id");
+    }
+
     use super::*;
 
     #[test]

@@ -222,6 +222,10 @@ async fn unknown_and_malformed_ids_get_errors() {
     assert_eq!(status, 400, "a negative channel id gets 400: {body}");
     assert_error_body(&body, "bad_request", "a negative channel id");
 
+    let (status, body) = ana.post_message("+5", "hello", "n-3").await;
+    assert_eq!(status, 400, "a channel id with a plus sign gets 400: {body}");
+    assert_error_body(&body, "bad_request", "a channel id with a plus sign");
+
     let response = ana.patch("/api/messages/1").json(&json!({"content": "x"})).send().await.unwrap();
     assert_eq!(response.status(), 404, "editing an unknown message gets 404");
     let body: Value = response.json().await.unwrap();

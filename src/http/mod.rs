@@ -377,9 +377,9 @@ fn parse_query<T: DeserializeOwned + Default>(query: Option<&str>) -> Result<T, 
     let mut map = serde_json::Map::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = match value.parse::<u64>() {
-            Ok(number) => json!(number),
-            Err(_) => json!(value),
+        let value = match crate::ids::parse_decimal(value) {
+            Some(number) => json!(number),
+            None => json!(value),
         };
         map.insert(key.to_string(), value);
     }
@@ -388,8 +388,8 @@ fn parse_query<T: DeserializeOwned + Default>(query: Option<&str>) -> Result<T, 
 }
 
 pub(crate) fn parse_id(text: &str) -> Result<u64, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid id {text:?}: expected a decimal number")))
+    crate::ids::parse_decimal(text)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid id {text:?}: expected a decimal number")))
 }
 
 /// A JSON response with `Cache-Control: no-store`.
