@@ -88,9 +88,45 @@ impl ClientOp {
             let nonce = serde_json::from_str::<NonceOnly>(text)
                 .ok()
                 .and_then(|probe| probe.nonce);
-            (ApiError::bad_request(format!("invalid frame: {error}")), nonce)
+            (ApiError::bad_request(format!("invalid frame: {}", describe_json_error(&error))), nonce)
         })
     }
+}
+
+/// Returns serde_json's message for `error` with Rust type names replaced
+/// by plain words, so that a client reads "expected a non-negative integer"
+/// where serde writes "expected usize".
+pub fn describe_json_error(error: &serde_json::Error) -> String {
+    const PLAIN_NAMES: [(&str, &str); 10] = [
+        ("usize", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("u16", "a non-negative integer"),
+        ("u8", "a non-negative integer"),
+        ("isize", "an integer"),
+        ("i64", "an integer"),
+        ("i32", "an integer"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+    ];
+    let mut text = error.to_string();
+    for (rust_name, plain) in PLAIN_NAMES {
+        let pattern = format!("expected {rust_name}");
+        let mut searched = 0;
+        while let Some(found) = text[searched..].find(&pattern) {
+            let start = searched + found;
+            let end = start + pattern.len();
+            // Only a whole word: "expected u8" must not match "expected u8x".
+            if text[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                searched = end;
+                continue;
+            }
+            let replacement = format!("expected {plain}");
+            text.replace_range(start..end, &replacement);
+            searched = start + replacement.len();
+        }
+    }
+    text
 }
 
 /// Clamps a requested page size to 1..=[`MAX_PAGE`], defaulting to [`DEFAULT_PAGE`].
@@ -315,6 +351,24 @@ pub fn error_frame(error: &ApiError, nonce: Option<&str>) -> bytes::Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_error_names_no_rust_types() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Page {
+            limit: usize,
+            offset: i64,
+        }
+        let error = serde_json::from_str::<Page>(r#"{"limit":"ten","offset":0}"#).unwrap_err();
+        let text = super::describe_json_error(&error);
+        assert!(text.contains("expected a non-negative integer"), "usize is described in words: {text}");
+        assert!(!text.contains("usize"), "the Rust type name is gone: {text}");
+
+        let error = serde_json::from_str::<Page>(r#"{"limit":1,"offset":"x"}"#).unwrap_err();
+        let text = super::describe_json_error(&error);
+        assert!(text.contains("expected an integer"), "i64 is described in words: {text}");
+    }
+
     use super::*;
 
     fn sample(deleted: bool) -> Message {

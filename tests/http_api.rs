@@ -222,6 +222,13 @@ async fn unknown_and_malformed_ids_get_errors() {
     assert_eq!(status, 400, "a negative channel id gets 400: {body}");
     assert_error_body(&body, "bad_request", "a negative channel id");
 
+    let general = ana.channel_id("general").await;
+    let (status, body) = ana.get_json(&format!("/api/channels/{general}/messages?limit=ten")).await;
+    assert_eq!(status, 400, "a page size that is not a number gets 400: {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("non-negative integer"), "the error says what the value must be: {body}");
+    assert!(!message.contains("usize"), "the error names no Rust type: {body}");
+
     let (status, body) = ana.post_message("+5", "hello", "n-3").await;
     assert_eq!(status, 400, "a channel id with a plus sign gets 400: {body}");
     assert_error_body(&body, "bad_request", "a channel id with a plus sign");

@@ -369,7 +369,8 @@ pub(crate) async fn read_json<T: DeserializeOwned>(app: &App, request: Request<I
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {}", crate::protocol::describe_json_error(&error))))
 }
 
 fn parse_query<T: DeserializeOwned + Default>(query: Option<&str>) -> Result<T, ApiError> {
@@ -384,7 +385,7 @@ fn parse_query<T: DeserializeOwned + Default>(query: Option<&str>) -> Result<T, 
         map.insert(key.to_string(), value);
     }
     serde_json::from_value(serde_json::Value::Object(map))
-        .map_err(|error| ApiError::bad_request(format!("invalid query: {error}")))
+        .map_err(|error| ApiError::bad_request(format!("invalid query: {}", crate::protocol::describe_json_error(&error))))
 }
 
 pub(crate) fn parse_id(text: &str) -> Result<u64, ApiError> {
