@@ -143,8 +143,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.start = 0;
             }
             let missing = needed - self.buffer.len();
+            // The buffer grows with the bytes that arrive, not with the
+            // length a header declares, so a header alone costs no memory.
             let chunk = if self.busy { BURST_READ_CHUNK } else { READ_CHUNK };
-            self.buffer.reserve(missing.max(chunk));
+            self.buffer.reserve(missing.min(chunk).max(READ_CHUNK));
             let offered = self.buffer.capacity() - self.buffer.len();
             let read = self.stream.read_buf(&mut self.buffer).await?;
             if read == 0 {
@@ -456,6 +458,25 @@ mod tests {
             "while waiting for a frame the buffer holds {} bytes",
             reader.buffer.capacity()
         );
+    }
+
+    #[tokio::test]
+    async fn reader_memory_follows_arrived_bytes() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(server, 1 << 20);
+        let frame = client_frame(true, 0x1, &vec![b'x'; 65_536], [1, 2, 3, 4]);
+        // Only the header and its mask arrive.
+        tokio::io::AsyncWriteExt::write_all(&mut client, &frame[..14]).await.unwrap();
+        let waiting = futures_util::FutureExt::now_or_never(reader.read_frame()).is_none();
+        assert!(waiting, "the payload has not arrived");
+        assert!(
+            reader.buffer.capacity() <= 4 * READ_CHUNK,
+            "a header declaring 65,536 bytes made the buffer hold {} bytes",
+            reader.buffer.capacity()
+        );
+
+        tokio::io::AsyncWriteExt::write_all(&mut client, &frame[14..]).await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap().payload.len(), 65_536, "the frame is read once it arrives");
     }
 
     #[tokio::test]
