@@ -591,3 +591,26 @@ async fn declared_oversize_body_is_refused_at_once() {
     assert!(text.starts_with("HTTP/1.1 413"), "a declared length over the limit gets 413: {text}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn http10_upgrade_gets_400() {
+    let server = TestServer::start().await;
+    let ana = Client::admin(&server, "ana").await;
+
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr, ana.token
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 1024];
+    let read = tokio::time::timeout(TIMEOUT, tokio::io::AsyncReadExt::read(&mut stream, &mut response))
+        .await
+        .expect("the server answers the upgrade request")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response[..read]);
+    assert!(text.starts_with("HTTP/1.0 400") || text.starts_with("HTTP/1.1 400"), "an HTTP/1.0 upgrade gets 400: {text}");
+    assert!(text.contains("HTTP/1.1"), "the error says which version is required: {text}");
+    server.stop().await;
+}

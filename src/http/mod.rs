@@ -140,6 +140,11 @@ fn upgrade(app: &Arc<App>, peer: SocketAddr, mut request: Request<Incoming>) -> 
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return Err(ApiError::bad_request("expected a WebSocket upgrade request"));
     }
+    // hyper upgrades only HTTP/1.1 connections, so a 101 response to
+    // HTTP/1.0 would be followed by a closed connection.
+    if request.version() != hyper::Version::HTTP_11 {
+        return Err(ApiError::bad_request("a WebSocket upgrade requires HTTP/1.1"));
+    }
     let token = request_token(request.headers());
     if let Some((_, Credential::Cookie)) = token {
         if !app.auth.origin_allowed(request.headers()) {
