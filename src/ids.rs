@@ -94,9 +94,13 @@ impl Sequencer {
 }
 
 /// Parses a non-empty string of ASCII digits that fits a u64. Unlike
-/// `str::parse`, it rejects a leading `+`, so every id has one spelling.
+/// `str::parse`, it rejects a leading `+` and leading zeros, so every id
+/// has one spelling.
 pub fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    if text.len() > 1 && text.starts_with('0') {
         return None;
     }
     text.parse().ok()
@@ -115,23 +119,35 @@ impl Serialize for Id {
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw<'a> {
-            Number(u64),
-            Text(&'a str),
-            Owned(String),
-        }
-        let parse = |text: &str| {
-            parse_decimal(text)
-                .map(Id)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid id {text:?}: expected a decimal number")))
-        };
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(number) => Ok(Id(number)),
-            Raw::Text(text) => parse(text),
-            Raw::Owned(text) => parse(&text),
-        }
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+/// Accepts an id as a decimal string or a non-negative integer, and names
+/// both forms when the value is neither.
+struct IdVisitor;
+
+impl serde::de::Visitor<'_> for IdVisitor {
+    type Value = Id;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an id: a decimal string such as \"1234\" or a non-negative integer")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Id, E> {
+        Ok(Id(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Id, E> {
+        u64::try_from(value)
+            .map(Id)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(value), &self))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Id, E> {
+        parse_decimal(text)
+            .map(Id)
+            .ok_or_else(|| E::custom(format!("invalid id {text:?}: expected a decimal number")))
     }
 }
 
@@ -147,9 +163,19 @@ mod tests {
     fn parse_decimal_accepts_only_digits() {
         assert_eq!(super::parse_decimal("0"), Some(0));
         assert_eq!(super::parse_decimal("18446744073709551615"), Some(u64::MAX));
-        for text in ["", "+5", "-5", " 5", "5 ", "5.0", "0x5", "18446744073709551616"] {
+        for text in ["", "+5", "-5", " 5", "5 ", "5.0", "0x5", "05", "00", "18446744073709551616"] {
             assert_eq!(super::parse_decimal(text), None, "{text:?} is not an id");
         }
+    }
+
+    #[test]
+    fn id_error_names_expected_forms() {
+        let error = serde_json::from_str::<super::Id>("1.5").unwrap_err().to_string();
+        assert!(error.contains("decimal string"), "a float id gets a readable error: {error}");
+        let parsed: super::Id = serde_json::from_str("42").unwrap();
+        assert_eq!(parsed, super::Id(42), "a number is accepted");
+        let parsed: super::Id = serde_json::from_str(r#""42""#).unwrap();
+        assert_eq!(parsed, super::Id(42), "a decimal string is accepted");
     }
 
     #[test]
