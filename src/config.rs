@@ -162,6 +162,15 @@ pub struct ServeArgs {
     #[arg(long, env = "AURA_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Outbound queue per WebSocket connection, in MiB of frames. A frame
+    /// that would go over it closes the connection with code 4008, and the
+    /// server stops reading a connection's requests while more than half of
+    /// it is queued. Keep it above twice the largest reply, a history
+    /// page of 200 messages at --max-message-chars (about 3.2 MB at the
+    /// defaults), so that a reply never closes a connection that reads.
+    #[arg(long, env = "AURA_SEND_QUEUE_MB", default_value_t = 16)]
+    pub send_queue_mb: usize,
+
     /// Interval in milliseconds at which clients send heartbeats. A connection
     /// silent for 2.5 times this interval is closed with code 4009.
     #[arg(long, env = "AURA_HEARTBEAT_MS", default_value_t = 4000)]
@@ -365,6 +374,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Outbound queue capacity per connection, in frames.
     pub send_queue: usize,
+    /// Outbound queue capacity per connection, in bytes of frames.
+    pub send_queue_bytes: usize,
     /// Client heartbeat interval.
     pub heartbeat: Duration,
     /// Changes cached in memory per channel.
@@ -469,6 +480,7 @@ impl ServeArgs {
         check_range("max-message-chars", self.max_message_chars as u64, 1, 100_000)?;
         check_range("max-frame-bytes", self.max_frame_bytes as u64, 1024, 16 << 20)?;
         check_range("send-queue", self.send_queue as u64, 16, 1_000_000)?;
+        check_range("send-queue-mb", self.send_queue_mb as u64, 1, 4096)?;
         check_range("heartbeat-ms", self.heartbeat_ms, 100, 600_000)?;
         check_range("history-cache", self.history_cache as u64, 0, 1_000_000)?;
         check_range("cache-mb", self.cache_mb, 1, 1 << 20)?;
@@ -530,6 +542,7 @@ impl ServeArgs {
             max_message_chars: self.max_message_chars,
             max_frame_bytes: self.max_frame_bytes,
             send_queue: self.send_queue,
+            send_queue_bytes: self.send_queue_mb << 20,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             history_cache: self.history_cache,
             cache_bytes: self.cache_mb * 1024 * 1024,

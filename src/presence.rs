@@ -555,7 +555,7 @@ mod tests {
     async fn missed_delta_is_replaced_by_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let (presence, user) = presence_with_user(dir.path()).await;
-        let (outbox, mut frames, _close) = Outbox::new(1, 16);
+        let (outbox, mut frames, _close) = Outbox::new(1, 16, 1 << 20);
         presence.attach(1, &outbox, |_| Bytes::from_static(b"ready"));
         // Fill the queue past half, so the next delta is skipped.
         for _ in 1..10 {
@@ -581,7 +581,7 @@ mod tests {
     async fn ready_then_delta_for_new_connection() {
         let dir = tempfile::tempdir().unwrap();
         let (presence, user) = presence_with_user(dir.path()).await;
-        let (outbox, mut frames, _close) = Outbox::new(1, 16);
+        let (outbox, mut frames, _close) = Outbox::new(1, 16, 1 << 20);
         presence.attach(1, &outbox, |online| {
             assert!(online.is_empty(), "nobody was shown online before the first push");
             Bytes::from_static(b"ready")

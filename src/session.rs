@@ -181,7 +181,7 @@ async fn serve(
     // whole message is checked against it while fragments are collected.
     let reader = FrameReader::new(read_half, app.config.max_frame_bytes);
 
-    let (outbox, frames, close) = Outbox::new(conn, app.config.send_queue);
+    let (outbox, frames, close) = Outbox::new(conn, app.config.send_queue, app.config.send_queue_bytes);
     let handle = ConnHandle {
         outbox,
         subscriptions: Arc::new(Mutex::new(HashSet::new())),
@@ -265,8 +265,9 @@ async fn write_loop(
                 let _quiesced = tokio::time::timeout(drain, connection.in_flight.acquire_many(all)).await;
                 connection.closing.store(true, Ordering::Release);
                 while let Ok(frame) = frames.try_recv() {
-                    if !write_queued(writer, frame, &mut frames).await {
-                        break;
+                    if !write_queued(connection, writer, frame, &mut frames).await {
+                        // A frame may be half sent, so no close frame can follow.
+                        return CLOSE_GOING_AWAY;
                     }
                 }
                 return close_socket(writer, CLOSE_GOING_AWAY).await;
@@ -278,10 +279,13 @@ async fn write_loop(
             }
             frame = frames.recv() => {
                 let Some(frame) = frame else { return CLOSE_ABNORMAL };
-                if !write_queued(writer, frame, &mut frames).await {
-                    tracing::warn!("socket write stalled or failed; closing with 4008");
+                if !write_queued(connection, writer, frame, &mut frames).await {
+                    // The write may have stopped inside a frame, and a close
+                    // frame after it would corrupt the stream, so the
+                    // connection ends without one.
+                    tracing::warn!("socket write stalled or failed; closing without a close frame");
                     connection.close.request(crate::hub::outbox::CLOSE_TOO_SLOW);
-                    return close_socket(writer, crate::hub::outbox::CLOSE_TOO_SLOW).await;
+                    return connection.close.code().unwrap_or(crate::hub::outbox::CLOSE_TOO_SLOW);
                 }
             }
             _ = check.tick() => {
@@ -306,7 +310,13 @@ async fn write_loop(
 /// Writes `first` and whatever else is queued, up to [`FRAMES_PER_FLUSH`]
 /// frames or [`WRITE_BATCH_BYTES`], in one socket write. Returns false when
 /// the write failed or stalled.
-async fn write_queued(writer: &mut SocketWrite, first: Bytes, frames: &mut mpsc::Receiver<Bytes>) -> bool {
+async fn write_queued(
+    connection: &Connection,
+    writer: &mut SocketWrite,
+    first: Bytes,
+    frames: &mut mpsc::Receiver<Bytes>,
+) -> bool {
+    let mut payload_bytes = first.len();
     let mut batch = Vec::with_capacity(first.len() + 10);
     append_frame(&mut batch, OpCode::Text, &first);
     for _ in 1..FRAMES_PER_FLUSH {
@@ -314,9 +324,12 @@ async fn write_queued(writer: &mut SocketWrite, first: Bytes, frames: &mut mpsc:
             break;
         }
         let Ok(next) = frames.try_recv() else { break };
+        payload_bytes += next.len();
         append_frame(&mut batch, OpCode::Text, &next);
     }
-    write_with_timeout(writer, &batch).await
+    let written = write_with_timeout(writer, &batch).await;
+    connection.handle.outbox.written(payload_bytes);
+    written
 }
 
 /// Writes the control frames the reader left. Returns the close code once
@@ -450,6 +463,7 @@ async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead) {
             connection.close.request(CLOSE_INVALID_UTF8);
             return;
         };
+        connection.handle.outbox.wait_for_room().await;
         handle_text(&connection, text).await;
     }
 }

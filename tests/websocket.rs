@@ -664,15 +664,32 @@ async fn read_slowly(client: &mut RawClient, pause: Duration) -> (Vec<Value>, Ra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_reading_client_closed_4008() {
+    // The queue has the minimum size in frames.
+    check_slow_client_closed(|args| args.send_queue = 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_byte_limit_closes_4008() {
+    // The frame limit is out of reach, so only the byte limit can close.
+    check_slow_client_closed(|args| {
+        args.send_queue = 100_000;
+        args.send_queue_mb = 1;
+    })
+    .await;
+}
+
+/// Fills a subscriber that does not read until its outbound queue, limited
+/// by `limit_queue`, overflows, then checks that it was closed with 4008
+/// after a prefix of the messages while a reading subscriber got them all.
+async fn check_slow_client_closed(limit_queue: impl FnOnce(&mut aura::config::ServeArgs)) {
     // 400 frames of about 15.6 KB (6 MB in all) exceed the queue and the
     // socket buffers. The Linux default maximum send buffer
     // (net.ipv4.tcp_wmem) is 4 MiB.
     const FILLING_SENDS: usize = 400;
     const MAX_SENDS: usize = 3_000;
-    // The queue has the minimum size. A long heartbeat interval keeps the
-    // heartbeat timeout (4009) out of the way.
+    // A long heartbeat interval keeps the heartbeat timeout (4009) out of the way.
     let server = TestServer::start_with(|args| {
-        args.send_queue = 16;
+        limit_queue(args);
         args.heartbeat_ms = 60_000;
     })
     .await;
@@ -954,5 +971,41 @@ async fn shutdown_acks_every_saved_send() {
         let nonce = message["nonce"].as_str().unwrap();
         assert!(acked.contains(nonce), "saved message {nonce} was acked before the close; acks: {acked:?}");
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_history_replies_pause_reading() {
+    // 20 pages of 40 messages of about 15.6 KB are 12.5 MB of replies, six
+    // times the queue's 2 MiB byte limit.
+    const MESSAGES: usize = 40;
+    const REQUESTS: usize = 20;
+    let server = TestServer::start_with(|args| args.send_queue_mb = 2).await;
+    let ana = Client::admin(&server, "ana").await;
+    let general = ana.channel_id("general").await;
+    let padding = "\u{1F600}".repeat(3_900);
+    for i in 0..MESSAGES {
+        let (status, body) = ana.post_message(&general, &format!("{i} {padding}"), &format!("big-{i}")).await;
+        assert_eq!(status, 201, "message {i} is stored: {body}");
+    }
+
+    let (mut client, _) = RawClient::connect(&server, &ana.token).await;
+    let request = json!({"op": "history", "channel": general, "limit": MESSAGES}).to_string();
+    let mut pipelined = Vec::new();
+    for _ in 0..REQUESTS {
+        pipelined.extend(raw::encode_client_frame(true, raw::TEXT, request.as_bytes()));
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut client.stream, &pipelined).await.unwrap();
+    // The server reads requests until the replies fill half the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for reply in 0..REQUESTS {
+        let page = client.recv_op("history").await;
+        let count = page["messages"].as_array().map_or(0, Vec::len);
+        assert_eq!(count, MESSAGES, "history reply {reply} of {REQUESTS} is whole");
+    }
+    client.send_text(r#"{"op":"heartbeat"}"#).await;
+    let ack = client.recv_json().await;
+    assert_eq!(ack["op"], "heartbeat_ack", "the connection stays open: {ack}");
     server.stop().await;
 }

@@ -1,6 +1,6 @@
 //! The outbound side of one WebSocket connection, as seen by the hub.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,10 +19,12 @@ pub type ConnId = u64;
 
 /// A handle that queues frames for one connection without waiting.
 ///
-/// The queue holds `--send-queue` frames. When it is full the frame is not
-/// queued and the connection is closed with [`CLOSE_TOO_SLOW`]: the client
-/// then resumes with `subscribe` after its last rev, so nothing is skipped
-/// silently. Presence and typing frames go through
+/// The queue takes up to `--send-queue` frames and `--send-queue-mb` of bytes.
+/// When a frame does not fit, it is not queued and the connection is closed
+/// with [`CLOSE_TOO_SLOW`]: the client then resumes with `subscribe` after
+/// its last rev, so nothing is skipped silently. A single frame larger than
+/// the byte limit is queued when the queue is empty, so that the largest
+/// reply always fits. Presence and typing frames go through
 /// [`Outbox::push_droppable`] instead, which skips them once the queue is
 /// [`DROPPABLE_FILL_LIMIT`] full, so they never cause that close.
 #[derive(Debug, Clone)]
@@ -31,6 +33,18 @@ pub struct Outbox {
     pub conn: ConnId,
     sender: mpsc::Sender<Bytes>,
     close: Arc<CloseSignal>,
+    bytes: Arc<QueuedBytes>,
+}
+
+/// The bytes of the frames queued for one connection and not yet written.
+#[derive(Debug)]
+struct QueuedBytes {
+    /// Bytes queued; the writer subtracts a frame's length once it is written.
+    queued: AtomicUsize,
+    /// The `--send-queue-mb` limit, in bytes.
+    limit: usize,
+    /// Wakes readers waiting in [`Outbox::wait_for_room`].
+    room: Notify,
 }
 
 /// A one-shot request to close a connection with a given code.
@@ -75,15 +89,45 @@ impl CloseSignal {
 
 impl Outbox {
     /// Creates the outbox of a connection and the receiver its writer drains.
-    pub fn new(conn: ConnId, capacity: usize) -> (Outbox, mpsc::Receiver<Bytes>, Arc<CloseSignal>) {
+    pub fn new(conn: ConnId, capacity: usize, byte_limit: usize) -> (Outbox, mpsc::Receiver<Bytes>, Arc<CloseSignal>) {
         let (sender, receiver) = mpsc::channel(capacity);
         let close = Arc::new(CloseSignal::default());
         let outbox = Outbox {
             conn,
             sender,
             close: close.clone(),
+            bytes: Arc::new(QueuedBytes {
+                queued: AtomicUsize::new(0),
+                limit: byte_limit,
+                room: Notify::new(),
+            }),
         };
         (outbox, receiver, close)
+    }
+
+    /// Records that the writer wrote frames of `len` bytes in all, and wakes
+    /// waiting readers once the queue is at most half full.
+    pub fn written(&self, len: usize) {
+        let before = self.bytes.queued.fetch_sub(len, Ordering::AcqRel);
+        if before - len <= self.bytes.limit / 2 {
+            self.bytes.room.notify_waiters();
+        }
+    }
+
+    /// Waits until the queued frames take at most half of the byte limit.
+    /// The reader calls it before each request, so that a client which
+    /// sends requests without reading the replies stops being read instead
+    /// of filling the server's memory.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let room = self.bytes.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.bytes.queued.load(Ordering::Acquire) <= self.bytes.limit / 2 || self.close.code().is_some() {
+                return;
+            }
+            room.await;
+        }
     }
 
     /// Queues a frame. Returns false when the frame was not queued: the
@@ -96,17 +140,32 @@ impl Outbox {
         if self.close.code().is_some() {
             return false;
         }
+        let len = frame.len();
+        let queued = self.bytes.queued.fetch_add(len, Ordering::AcqRel);
+        if queued > 0 && queued + len > self.bytes.limit {
+            self.bytes.queued.fetch_sub(len, Ordering::AcqRel);
+            self.close_too_slow("outbound queue bytes over --send-queue-mb");
+            return false;
+        }
         match self.sender.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close.code().is_none() {
-                    tracing::warn!(conn = self.conn, "outbound queue full; closing the slow connection with 4008");
+            Err(error) => {
+                self.bytes.queued.fetch_sub(len, Ordering::AcqRel);
+                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                    self.close_too_slow("outbound queue full");
                 }
-                self.close.request(CLOSE_TOO_SLOW);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    fn close_too_slow(&self, reason: &str) {
+        if self.close.code().is_none() {
+            tracing::warn!(conn = self.conn, reason, "closing the slow connection with 4008");
+        }
+        self.close.request(CLOSE_TOO_SLOW);
+        // A reader waiting for room would otherwise wait for a writer that stops.
+        self.bytes.room.notify_waiters();
     }
 
     /// Queues a frame that the client can do without, such as presence or
@@ -119,7 +178,16 @@ impl Outbox {
         if queued as f64 > self.sender.max_capacity() as f64 * DROPPABLE_FILL_LIMIT {
             return false;
         }
-        self.sender.try_send(frame).is_ok()
+        let len = frame.len();
+        if self.bytes.queued.load(Ordering::Acquire) + len > self.bytes.limit / 2 {
+            return false;
+        }
+        self.bytes.queued.fetch_add(len, Ordering::AcqRel);
+        if self.sender.try_send(frame).is_ok() {
+            return true;
+        }
+        self.bytes.queued.fetch_sub(len, Ordering::AcqRel);
+        false
     }
 
     /// Asks the connection to close with `code`.
@@ -133,8 +201,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn push_over_byte_limit_closes_4008() {
+        let (outbox, _frames, close) = Outbox::new(1, 1000, 100);
+        assert!(outbox.push(Bytes::from(vec![b'a'; 60])), "the first frame fits");
+        assert!(!outbox.push(Bytes::from(vec![b'b'; 60])), "120 bytes do not fit in 100");
+        assert_eq!(close.code(), Some(CLOSE_TOO_SLOW), "the overflow closes the connection with 4008");
+    }
+
+    #[test]
+    fn oversized_frame_fits_empty_queue() {
+        let (outbox, _frames, close) = Outbox::new(1, 1000, 100);
+        assert!(outbox.push(Bytes::from(vec![b'a'; 500])), "a frame over the limit fits an empty queue");
+        assert_eq!(close.code(), None, "nothing is closed");
+    }
+
+    #[test]
+    fn written_frames_free_bytes() {
+        let (outbox, _frames, close) = Outbox::new(1, 1000, 100);
+        assert!(outbox.push(Bytes::from(vec![b'a'; 60])));
+        outbox.written(60);
+        assert!(outbox.push(Bytes::from(vec![b'b'; 60])), "written bytes leave the queue");
+        assert_eq!(close.code(), None, "nothing is closed");
+    }
+
+    #[tokio::test]
+    async fn wait_for_room_until_half_written() {
+        let (outbox, _frames, _close) = Outbox::new(1, 1000, 100);
+        assert!(outbox.push(Bytes::from(vec![b'a'; 80])));
+        let waiting = futures_util::FutureExt::now_or_never(outbox.wait_for_room()).is_none();
+        assert!(waiting, "a reader waits while more than half of the bytes are queued");
+
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        outbox.written(40);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("the reader is woken once half the bytes are written")
+            .unwrap();
+    }
+
+    #[test]
+    fn droppable_frames_respect_byte_limit() {
+        let (outbox, _frames, close) = Outbox::new(1, 1000, 100);
+        assert!(outbox.push(Bytes::from(vec![b'a'; 40])));
+        assert!(!outbox.push_droppable(Bytes::from(vec![b'b'; 20])), "60 bytes are over half of 100");
+        assert_eq!(close.code(), None, "a skipped droppable frame closes nothing");
+    }
+
+    #[test]
     fn push_droppable_keeps_half_for_messages() {
-        let (outbox, _frames, close) = Outbox::new(1, 16);
+        let (outbox, _frames, close) = Outbox::new(1, 16, 1 << 20);
         let mut accepted = 0;
         while outbox.push_droppable(Bytes::from_static(b"{}")) {
             accepted += 1;
