@@ -588,8 +588,16 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         return Ok(address);
     }
     let invalid = |reason: String| format!("invalid listen address {text:?}: {reason}; expected IP:PORT or HOST:PORT, such as 127.0.0.1:8080");
-    if text.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+    let Some((host, port)) = text.rsplit_once(':') else {
         return Err(invalid("missing or invalid port".into()));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(invalid("missing or invalid port".into()));
+    }
+    // The system resolver reads "0" or "2130706433" as IPv4 addresses, so a
+    // typo such as 0:8080 would listen on every interface.
+    if !host.bytes().any(|byte| byte.is_ascii_alphabetic()) {
+        return Err(invalid("the host is neither an IP address nor a name".into()));
     }
     let mut addresses = std::net::ToSocketAddrs::to_socket_addrs(text).map_err(|error| invalid(error.to_string()))?;
     addresses.next().ok_or_else(|| invalid("the host name has no address".into()))
@@ -710,6 +718,8 @@ mod tests {
         assert!(error.contains("missing or invalid port"), "the error names the port: {error}");
         assert!(parse_listen("localhost:http").is_err());
         assert!(parse_listen("127.0.0.1:99999").is_err());
+        assert!(parse_listen("0:8080").is_err(), "0 is not taken as 0.0.0.0");
+        assert!(parse_listen("2130706433:8080").is_err(), "a number is not taken as an address");
     }
 
     #[test]
