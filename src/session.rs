@@ -2,11 +2,11 @@
 //! operations.
 //!
 //! The socket is split once. The reader task owns the read half and is the
-//! only caller of `read_frame`, which never runs inside a `select!` because
-//! it is not cancellation-safe. The writer loop owns the write half and
+//! only caller of `read_frame`, so that handling a request never delays the
+//! writer. The writer loop owns the write half and
 //! drains the connection's [`Outbox`]; nothing else writes to the socket.
-//! The reader leaves the control frames it must answer (pong, close echo)
-//! in [`ControlFrames`] for the writer. Frames are read and written with
+//! The reader leaves the control frames it must reply with (pong, close
+//! echo) in [`ControlFrames`] for the writer. Frames are read and written with
 //! the codec in [`crate::ws_frames`].
 
 use std::collections::HashSet;
@@ -30,7 +30,7 @@ use crate::ids::now_ms;
 use crate::presence::{ConnectionSlot, Ids, CLOSE_TOO_MANY_CONNECTIONS};
 use crate::protocol::{self, encode_frame, error_frame, message_views, page_limit, ClientOp, UserView};
 use crate::server::App;
-use crate::ws_frames::{append_frame, check_close, FrameReader, ReadError, Reassembler};
+use crate::ws_frames::{append_close_frame, append_frame, check_close, FrameReader, ReadError, Reassembler};
 
 /// Close code: the server is shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -66,8 +66,8 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// queue with acks.
 const IN_FLIGHT_SHARE: usize = 4;
 
-/// Frames the writer sends before it flushes the socket buffer.
-const FRAMES_PER_FLUSH: usize = 64;
+/// Frames the writer sends in one socket write at most.
+const FRAMES_PER_WRITE: usize = 64;
 
 type SocketRead = FrameReader<ReadHalf<TokioIo<Upgraded>>>;
 type SocketWrite = WriteHalf<TokioIo<Upgraded>>;
@@ -76,7 +76,7 @@ type SocketWrite = WriteHalf<TokioIo<Upgraded>>;
 /// notifies [`Connection::control_ready`] after each change.
 #[derive(Default)]
 struct ControlFrames {
-    /// Payload of the pong that answers the most recent ping. A newer ping
+    /// Payload of the pong that replies to the most recent ping. A newer ping
     /// replaces an unanswered one, which RFC 6455 section 5.5.3 allows, so
     /// a client that floods pings costs no memory.
     pong: Option<Vec<u8>>,
@@ -307,7 +307,7 @@ async fn write_loop(
     }
 }
 
-/// Writes `first` and whatever else is queued, up to [`FRAMES_PER_FLUSH`]
+/// Writes `first` and whatever else is queued, up to [`FRAMES_PER_WRITE`]
 /// frames or [`WRITE_BATCH_BYTES`], in one socket write. Returns false when
 /// the write failed or stalled.
 async fn write_queued(
@@ -319,7 +319,7 @@ async fn write_queued(
     let mut payload_bytes = first.len();
     let mut batch = Vec::with_capacity(first.len() + 10);
     append_frame(&mut batch, OpCode::Text, &first);
-    for _ in 1..FRAMES_PER_FLUSH {
+    for _ in 1..FRAMES_PER_WRITE {
         if batch.len() >= WRITE_BATCH_BYTES {
             break;
         }
@@ -345,8 +345,7 @@ async fn write_control(connection: &Connection, writer: &mut SocketWrite) -> Opt
         append_frame(&mut batch, OpCode::Pong, &payload);
     }
     if let Some(code) = close_echo {
-        let payload = code.map(u16::to_be_bytes);
-        append_frame(&mut batch, OpCode::Close, payload.as_ref().map_or(&[][..], |bytes| &bytes[..]));
+        append_close_frame(&mut batch, code, "");
     }
     let written = batch.is_empty() || write_with_timeout(writer, &batch).await;
     if close_echo.is_some() {
@@ -369,10 +368,8 @@ async fn write_with_timeout(writer: &mut SocketWrite, bytes: &[u8]) -> bool {
 /// returns the code.
 async fn close_socket(writer: &mut SocketWrite, code: u16) -> u16 {
     if code != CLOSE_ABNORMAL {
-        let mut payload = code.to_be_bytes().to_vec();
-        payload.extend_from_slice(close_reason(code).as_bytes());
-        let mut frame = Vec::with_capacity(payload.len() + 2);
-        append_frame(&mut frame, OpCode::Close, &payload);
+        let mut frame = Vec::new();
+        append_close_frame(&mut frame, Some(code), close_reason(code));
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             writer.write_all(&frame).await?;
             writer.flush().await
@@ -398,8 +395,8 @@ fn close_reason(code: u16) -> &'static str {
 }
 
 /// Reads frames until the client closes or breaks the protocol, and handles
-/// each complete message. A ping is answered through [`ControlFrames`] as
-/// it arrives, also between the fragments of a message.
+/// each complete message. The pong for a ping goes through [`ControlFrames`]
+/// as the ping arrives, also between the fragments of a message.
 async fn read_loop(connection: Arc<Connection>, mut reader: SocketRead) {
     let _ended = ReaderEnded(&connection);
     let config = &connection.app.config;

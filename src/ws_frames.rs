@@ -23,8 +23,9 @@ use crate::session::{CLOSE_INVALID_UTF8, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG};
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Bytes the reader requests from the socket at a time while it waits for a
-/// frame, and the most it keeps allocated once every byte read has been
-/// parsed, so this is the read memory of an idle connection.
+/// frame. Once every byte read has been parsed and no burst is arriving,
+/// the reader keeps at most this much allocated, which is therefore the
+/// read memory of an idle connection.
 pub const READ_CHUNK: usize = 512;
 
 /// Bytes the reader requests at a time while the client sends faster than
@@ -144,7 +145,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             let missing = needed - self.buffer.len();
             // The buffer grows with the bytes that arrive, not with the
-            // length a header declares, so a header alone costs no memory.
+            // length a header declares, so a header alone costs one chunk.
             let chunk = if self.busy { BURST_READ_CHUNK } else { READ_CHUNK };
             self.buffer.reserve(missing.min(chunk).max(READ_CHUNK));
             let offered = self.buffer.capacity() - self.buffer.len();
@@ -229,6 +230,17 @@ pub fn append_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
         out.extend_from_slice(&(length as u64).to_be_bytes());
     }
     out.extend_from_slice(payload);
+}
+
+/// Appends a server close frame to `out`: the status code, if any, then
+/// `reason`, which RFC 6455 allows only after a code.
+pub fn append_close_frame(out: &mut Vec<u8>, code: Option<u16>, reason: &str) {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    if let Some(code) = code {
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+    }
+    append_frame(out, OpCode::Close, &payload);
 }
 
 /// Returns whether a peer may send `code` in a close frame. These are the
@@ -490,6 +502,17 @@ mod tests {
             let frame = reader.read_frame().await.unwrap();
             assert_eq!(frame.payload, &[index; 300][..], "frame {index}");
         }
+    }
+
+    #[test]
+    fn append_close_frame_payloads() {
+        let mut out = Vec::new();
+        append_close_frame(&mut out, None, "ignored");
+        assert_eq!(out, [0x88, 0], "a close without a code has an empty payload");
+
+        let mut out = Vec::new();
+        append_close_frame(&mut out, Some(1001), "bye");
+        assert_eq!(out, [0x88, 5, 0x03, 0xE9, b'b', b'y', b'e'], "the code comes first, then the reason");
     }
 
     #[test]
