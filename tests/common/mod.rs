@@ -49,14 +49,16 @@ impl TestServer {
 
     /// Starts a server on an existing data directory.
     pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut ServeArgs)) -> TestServer {
-        let mut args = ServeArgs::for_tests(dir.path());
-        // Most tests send faster than people do; the rate-limit tests lower these again.
-        args.send_burst = 1_000_000;
-        args.send_per_second = 100_000.0;
+        let mut args = test_args(&dir);
         adjust(&mut args);
         let config = args.validate().expect("test flags are valid");
         let server = Server::open(config).await.expect("server opens its data directory");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        Self::run(server, listener, dir)
+    }
+
+    /// Runs `server` on `listener` in a task until [`TestServer::stop`].
+    fn run(server: Server, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async {
@@ -378,10 +380,7 @@ impl TestServer {
     /// reconnect to the same URL. Retries the bind for a few seconds while
     /// the old listener is still closing.
     pub async fn start_on(dir: tempfile::TempDir, addr: SocketAddr) -> TestServer {
-        let mut args = ServeArgs::for_tests(dir.path());
-        args.send_burst = 1_000_000;
-        args.send_per_second = 100_000.0;
-        let config = args.validate().expect("test flags are valid");
+        let config = test_args(&dir).validate().expect("test flags are valid");
         let server = Server::open(config).await.expect("server opens its data directory");
         let mut attempts = 0;
         let listener = loop {
@@ -395,15 +394,16 @@ impl TestServer {
                 Err(error) => panic!("binding {addr} again failed: {error}"),
             }
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(listener, async {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            addr,
-            dir,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self::run(server, listener, dir)
     }
+}
+
+/// Returns the flags of a test server on `dir`: the defaults, with the send rate
+/// limit raised because most tests send faster than people do. The
+/// rate-limit tests lower it again.
+fn test_args(dir: &tempfile::TempDir) -> ServeArgs {
+    let mut args = ServeArgs::for_tests(dir.path());
+    args.send_burst = 1_000_000;
+    args.send_per_second = 100_000.0;
+    args
 }
