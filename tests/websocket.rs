@@ -1009,3 +1009,38 @@ async fn unread_history_replies_pause_reading() {
     assert_eq!(ack["op"], "heartbeat_ack", "the connection stays open: {ack}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_write_ends_without_close_frame() {
+    // Three history pages of 200 messages of about 15.6 KB are 9 MB, more
+    // than the socket buffers hold (the Linux default maximum send buffer is
+    // 4 MiB), so the server's write stalls as soon as the pages are queued.
+    const MESSAGES: usize = 200;
+    const PAGES: usize = 3;
+    let server = TestServer::start_with(|args| args.heartbeat_ms = 60_000).await;
+    let ana = Client::admin(&server, "ana").await;
+    let general = ana.channel_id("general").await;
+    let padding = "\u{1F600}".repeat(3_900);
+    for i in 0..MESSAGES {
+        let (status, body) = ana.post_message(&general, &format!("{i} {padding}"), &format!("stall-{i}")).await;
+        assert_eq!(status, 201, "message {i} is stored: {body}");
+    }
+
+    let (mut stalled, _) = RawClient::connect_with_buffer(&server, &ana.token, Some(4096)).await;
+    let request = json!({"op": "history", "channel": general, "limit": MESSAGES}).to_string();
+    for _ in 0..PAGES {
+        stalled.send_text(&request).await;
+    }
+    // The client starts reading just after the stall timeout, while a server
+    // that still tried to send a close frame would be waiting to write it.
+    tokio::time::sleep(aura::session::WRITE_STALL_TIMEOUT + Duration::from_millis(500)).await;
+
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, tokio::io::AsyncReadExt::read_to_end(&mut stalled.stream, &mut received)).await;
+    assert!(read.is_ok(), "the stalled connection ends");
+    let reason = b"too slow";
+    let close_reason_sent = received.windows(reason.len()).any(|window| window == reason);
+    assert!(!close_reason_sent, "no close frame follows a frame that was cut off");
+    assert!(received.len() < PAGES * MESSAGES * 15_000, "the stalled client did not receive every page");
+    server.stop().await;
+}
