@@ -61,6 +61,7 @@ await run('escaping', async (browser) => {
   await waitForMessage(admin, MESSAGE);
   await sendMessage(admin, `${LINK} @${USERNAME}`);
   await waitForMessage(eve, `${LINK} @${USERNAME}`);
+  await waitForMessage(admin, `${LINK} @${USERNAME}`);
 
   for (const [name, page] of [['admin', admin], ['eve', eve]]) {
     const texts = await messageTexts(page);

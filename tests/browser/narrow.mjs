@@ -76,6 +76,9 @@ await run('narrow', async (browser) => {
   await bob.click('#sidebar-toggle');
   await bob.click(`#channel-tree .channel-link:has-text("${longName}")`);
   await bob.waitForFunction(() => !document.querySelector('#sidebar').classList.contains('open'), null, { timeout: TIMEOUT_MS });
+  // The header is rendered in the next animation frame, which may come after the drawer closed.
+  await bob.waitForFunction((wanted) => document.querySelector('#channel-name')?.textContent === wanted, `# ${longName}`, { timeout: TIMEOUT_MS })
+    .catch(() => {});
   const header = await bob.$eval('#channel-name', (element) => element.textContent);
   check(header === `# ${longName}`, `the chosen channel is on screen: ${header}`);
   await checkNoOverflow(bob, 'with a 64-character channel name and a long topic');

@@ -50,6 +50,8 @@ await run('restart', async (browser) => {
   await sendMessage(admin, 'sent while down by admin');
   await sendMessage(bob, 'sent while down by bob');
   for (const page of [admin, bob]) {
+    // Pending messages are rendered in the next animation frame after the send.
+    await page.waitForSelector('#message-list .message.pending', { timeout: TIMEOUT_MS }).catch(() => {});
     const pending = await page.$$eval('#message-list .message.pending .message-content', (elements) => elements.map((element) => element.textContent));
     check(pending.length === 1 && pending[0].startsWith('sent while down'), `the unsent message shows as pending: ${JSON.stringify(pending)}`);
   }
